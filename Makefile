@@ -1,0 +1,40 @@
+# Refit: `make serve` and `make test` are the two commands; both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# GPU hosts (nvidia-smi answers) get onnxruntime-gpu, everything else onnxruntime.
+ORT_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.installed-$(ORT_EXTRA)
+export ORT_DISABLE_TELEMETRY := 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install serve test lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned, so nothing later resolves a multi-GB CUDA build
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[$(ORT_EXTRA),train,dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+serve: install
+	$(BIN)/python -m service
+
+test: install lint
+	$(BIN)/python -m pytest -q -ra
+
+lint: install
+	$(BIN)/ruff check models training service tests bench
+	$(BIN)/ruff format --check models training service tests bench
+
+format: install
+	$(BIN)/ruff format models training service tests bench
+	$(BIN)/ruff check --fix models training service tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,49 @@
+"""The model contract: artifact metadata and the versioned registry (no torch here)."""
+
+from __future__ import annotations
+
+from models._errors import (
+    CorruptVersionError,
+    InvalidModelNameError,
+    RegistryError,
+    VersionNotFoundError,
+)
+from models._metadata import (
+    SCHEMA_VERSION,
+    BackboneInfo,
+    ClassMetrics,
+    DataSummary,
+    Metrics,
+    ModelMetadata,
+    OnnxInfo,
+    QuantizationReport,
+)
+from models._registry import (
+    ModelVersion,
+    Registry,
+    Staging,
+    default_home,
+    sha256_file,
+    validate_model_name,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BackboneInfo",
+    "ClassMetrics",
+    "CorruptVersionError",
+    "DataSummary",
+    "InvalidModelNameError",
+    "Metrics",
+    "ModelMetadata",
+    "ModelVersion",
+    "OnnxInfo",
+    "QuantizationReport",
+    "Registry",
+    "Staging",
+    "RegistryError",
+    "VersionNotFoundError",
+    "default_home",
+    "sha256_file",
+    "validate_model_name",
+]

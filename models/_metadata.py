@@ -1,0 +1,88 @@
+"""The schema of `metadata.json`, the self-description of every published model version."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+Strategy = Literal["feature_extraction", "fine_tuning"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BackboneInfo(_Frozen):
+    name: str
+    sha256: str = Field(description="sha256 of the backbone's weights file")
+    pooling: Literal["mean"] = "mean"
+    normalize: bool = True
+
+
+class DataSummary(_Frozen):
+    count: int = Field(description="examples after normalisation and de-duplication")
+    per_class: dict[str, int]
+    sha256: str = Field(description="sha256 of the canonical (sorted) dataset")
+    train_count: int
+    validation_count: int
+    duplicates_dropped: int = 0
+    conflicts: int = Field(0, description="texts seen with more than one label (dropped)")
+
+
+class ClassMetrics(_Frozen):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Metrics(_Frozen):
+    accuracy: float
+    macro_f1: float
+    count: int = Field(description="size of the evaluation set")
+    per_class: dict[str, ClassMetrics] = Field(default_factory=dict)
+    confusion: list[list[int]] | None = Field(
+        None, description="rows: true label, columns: predicted label, in `labels` order"
+    )
+
+
+class OnnxInfo(_Frozen):
+    opset: int
+    inputs: list[str]
+    outputs: list[str]
+    parity_max_abs_diff: float = Field(description="max |p_onnx - p_torch| on real examples")
+
+
+class QuantizationReport(_Frozen):
+    method: str
+    argmax_agreement: float
+    max_abs_diff: float
+    examples: int
+
+
+class ModelMetadata(_Frozen):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: str
+    created_at: datetime
+    labels: list[str]
+    backbone: BackboneInfo
+    strategy: Strategy
+    reason: str
+    policy_inputs: dict[str, Any] = Field(default_factory=dict)
+    training_config: dict[str, Any] = Field(default_factory=dict)
+    data: DataSummary
+    metrics: Metrics = Field(description="on the held-out validation split")
+    test_metrics: Metrics | None = None
+    max_length: int
+    onnx: OnnxInfo
+    quantized: bool = False
+    quantization: QuantizationReport | None = None
+    parent_version: str | None = None
+    files: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of every file of the version but metadata.json"
+    )

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("REFIT_SHARED") or REPO.parent / "shared").resolve()
+
+
+BANKING77 = shared_dir() / "data" / "banking77"
+
+
+def read_banking77(split: str) -> list[tuple[str, str]]:
+    path = BANKING77 / f"{split}.csv"
+    if not path.is_file():
+        pytest.fail(f"Banking77 not found at {path}; set REFIT_SHARED to the shared folder")
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [(row["text"], row["category"]) for row in csv.DictReader(fh)]
+
+
+def banking77_slice(
+    split: str, classes: list[str], per_class: int | None, seed: int = 0
+) -> list[tuple[str, str]]:
+    rows = [r for r in read_banking77(split) if r[1] in classes]
+    if per_class is None:
+        return rows
+    rng = random.Random(seed)
+    out: list[tuple[str, str]] = []
+    for c in classes:
+        members = [r for r in rows if r[1] == c]
+        rng.shuffle(members)
+        out.extend(members[:per_class])
+    return out
+
+
+@pytest.fixture(scope="session")
+def ten_classes() -> list[str]:
+    return sorted({label for _, label in read_banking77("train")})[:10]

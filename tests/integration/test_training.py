@@ -1,0 +1,198 @@
+"""The real MiniLM backbone on small Banking77 slices, exported and run with onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from models import Registry
+from tests.conftest import banking77_slice
+from training import Cancelled, DataError, TrainConfig
+from training.evaluate import OnnxRunner
+from training.pipeline import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fe_result(tmp_path_factory, ten_classes):
+    root = tmp_path_factory.mktemp("registry")
+    events = []
+    result = train(
+        banking77_slice("train", ten_classes, per_class=8),
+        TrainConfig(name="b10"),
+        registry=Registry(root),
+        test_data=banking77_slice("test", ten_classes, per_class=None),
+        progress=events.append,
+    )
+    return result, Registry(root), events
+
+
+def test_feature_extraction_on_ten_classes_reaches_accuracy(fe_result, ten_classes) -> None:
+    result, registry, _ = fe_result
+    meta = result.metadata
+    assert meta.strategy == "feature_extraction"
+    assert "p10 of examples per class is 8 < 16" in meta.reason
+    assert meta.labels == ten_classes
+    assert meta.data.count == 80 and meta.data.validation_count == 10
+    # 400 test rows for these classes; one is an exact duplicate and is counted once
+    assert meta.test_metrics is not None and meta.test_metrics.count == 399
+    assert meta.test_metrics.accuracy >= 0.7
+    assert set(meta.test_metrics.per_class) == set(ten_classes)
+    assert np.asarray(meta.test_metrics.confusion).sum() == 399
+    assert registry.verify("b10", meta.version).metadata == meta
+
+
+def test_exported_onnx_matches_torch_and_declares_its_interface(fe_result) -> None:
+    result, registry, _ = fe_result
+    mv = registry.get("b10", result.metadata.version)
+    assert result.metadata.onnx.parity_max_abs_diff <= 1e-4
+    graph = onnx.load(str(mv.onnx_path)).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in graph.output] == ["probabilities", "logits"]
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    runner = OnnxRunner(mv.onnx_path, mv.path / "tokenizer.json")
+    probs = runner.predict_proba(
+        ["How do I activate my new card?", "please cancel the transfer I just made"]
+    )
+    assert probs.shape == (2, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert [mv.metadata.labels[i] for i in probs.argmax(axis=1)] == [
+        "activate_my_card",
+        "cancel_transfer",
+    ]
+
+
+def test_progress_walks_through_phases_in_order(fe_result) -> None:
+    _, _, events = fe_result
+    phases = [e.phase for e in events]
+    order = ["validating", "embedding", "training", "exporting", "evaluating", "publishing", "done"]
+    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == order
+    assert events[-1].fraction == 1.0
+
+
+def test_embedding_cache_makes_a_retrain_recompute_nothing(fe_result, ten_classes) -> None:
+    _, registry, _ = fe_result
+    again = train(
+        banking77_slice("train", ten_classes, per_class=8),
+        TrainConfig(name="b10"),
+        registry=registry,
+    )
+    assert again.details["embedding"]["cache_hits"] == 80
+    assert again.details["embedding"]["computed"] == 0
+    assert again.metadata.parent_version is None  # nothing promoted yet
+
+
+def test_cancel_publishes_nothing(tmp_path: Path, ten_classes) -> None:
+    registry = Registry(tmp_path)
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(Cancelled):
+        train(
+            banking77_slice("train", ten_classes[:3], 4),
+            TrainConfig(name="c"),
+            registry=registry,
+            cancel=cancel,
+        )
+    assert registry.list_versions("c") == []
+    assert (
+        not any(p.name.startswith(".staging") for p in (tmp_path / "c").iterdir())
+        if (tmp_path / "c").exists()
+        else True
+    )
+
+
+def test_one_epoch_fine_tuning_end_to_end_with_quantization(tmp_path: Path, ten_classes) -> None:
+    registry = Registry(tmp_path)
+    result = train(
+        banking77_slice("train", ten_classes[:4], per_class=12),
+        TrainConfig(
+            name="ft", strategy="fine_tuning", epochs=1, batch_size=16, quantize=True, promote=True
+        ),
+        registry=registry,
+    )
+    meta = result.metadata
+    assert meta.strategy == "fine_tuning"
+    assert "forced to fine_tuning" in meta.reason
+    assert result.details["fine_tuning"]["best_epoch"] == 1
+    assert len(result.details["fine_tuning"]["history"]) == 1
+    assert meta.quantized and meta.quantization is not None
+    assert meta.quantization.argmax_agreement >= 0.9
+    assert registry.aliases("ft") == {"production": meta.version}
+    assert result.promoted
+
+
+def test_test_labels_unknown_to_training_are_refused(tmp_path: Path, ten_classes) -> None:
+    with pytest.raises(DataError, match="test data has labels not in the training data"):
+        train(
+            banking77_slice("train", ten_classes[:2], 4),
+            TrainConfig(name="x"),
+            registry=Registry(tmp_path),
+            test_data=banking77_slice("test", ten_classes[2:4], 2),
+        )
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_cli_train_json_and_models_commands(tmp_path: Path, ten_classes) -> None:
+    data = tmp_path / "train.csv"
+    rows = banking77_slice("train", ten_classes[:3], 6)
+    data.write_text("text,category\n" + "".join(f'"{t}",{c}\n' for t, c in rows))
+    test = tmp_path / "test.jsonl"
+    test.write_text(
+        "".join(
+            json.dumps({"text": t, "label": c}) + "\n"
+            for t, c in banking77_slice("test", ten_classes[:3], 5)
+        )
+    )
+    home = str(tmp_path / "home")
+    proc = run_cli(
+        "--home",
+        home,
+        "train",
+        str(data),
+        "--name",
+        "cli",
+        "--test",
+        str(test),
+        "--json",
+        "--promote",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["name"] == "cli" and out["strategy"] == "feature_extraction"
+    assert set(out["metrics"]) >= {"accuracy", "macro_f1"} and out["test_metrics"]["count"] == 15
+    listed = json.loads(run_cli("--home", home, "models", "list", "--json").stdout)
+    assert [(r["version"], r["aliases"]) for r in listed] == [(out["version"], ["production"])]
+    verified = json.loads(run_cli("--home", home, "models", "verify", "cli", "--json").stdout)
+    assert verified == {"name": "cli", "version": out["version"], "ok": True, "files": 2}
+    (Path(out["path"]) / "tokenizer.json").write_text("{}")
+    bad = run_cli("--home", home, "models", "verify", "cli")
+    assert bad.returncode == 2
+    assert "tokenizer.json: sha256" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_text("text,label\nhello,a\nhi,a\nlonely,b\n")
+    proc = run_cli("--home", str(tmp_path / "home"), "train", str(data))
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        == "refit: class 'b' has 1 example after de-duplication, need at least 2; add examples or remove the class"
+    )
+    assert not (tmp_path / "home").exists() or Registry(tmp_path / "home").list_models() == []

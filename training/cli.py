@@ -1,0 +1,277 @@
+"""`refit`: train models and manage the registry from the command line.
+
+Exit codes: 0 ok, 1 unexpected failure, 2 bad input (message on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from models import Registry, RegistryError
+
+EXIT_BAD_INPUT = 2
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(f"refit: {text}\n")
+
+
+def _metrics_dict(m: Any) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "count": m.count}
+
+
+class _ProgressBar:
+    """A tqdm bar over the job's overall fraction, on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=1000,
+                unit="‰",
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {elapsed}<{remaining}",
+            )
+
+    def __call__(self, event) -> None:
+        if self.bar is None:
+            return
+        self.bar.set_description(f"{event.phase} {event.message}"[:60])
+        self.bar.update(int(event.fraction * 1000) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.config import TrainConfig
+    from training.data import DataError, load_dataset
+
+    try:
+        config = TrainConfig(
+            name=args.name,
+            strategy=args.strategy,
+            backbone=Path(args.backbone) if args.backbone else None,
+            quantize=args.quantize,
+            promote=args.promote,
+            seed=args.seed,
+            epochs=args.epochs,
+            device=args.device,
+        )
+        dataset = load_dataset(args.data)
+        test = load_dataset(args.test) if args.test else None
+    except (DataError, ValueError) as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+
+    from training.pipeline import train
+
+    registry = Registry(args.home)
+    bar = _ProgressBar(enabled=not args.no_progress and sys.stderr.isatty() or args.progress)
+    started = time.perf_counter()
+    try:
+        result = train(dataset, config, registry=registry, test_data=test, progress=bar)
+    except (DataError, RegistryError, ValueError) as exc:
+        bar.close()
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    bar.close()
+    wall = time.perf_counter() - started
+    meta = result.metadata
+    summary = {
+        "name": meta.name,
+        "version": meta.version,
+        "strategy": meta.strategy,
+        "reason": meta.reason,
+        "promoted": result.promoted,
+        "metrics": _metrics_dict(meta.metrics),
+        "test_metrics": _metrics_dict(meta.test_metrics),
+        "data": {
+            "count": meta.data.count,
+            "classes": len(meta.labels),
+            "train": meta.data.train_count,
+            "validation": meta.data.validation_count,
+        },
+        "quantized": meta.quantized,
+        "wall_time_s": round(wall, 1),
+        "timings": result.timings,
+        "path": str(registry.model_dir(meta.name) / meta.version),
+    }
+    if args.json:
+        _out(json.dumps(summary))
+        return 0
+    _out(f"model      {meta.name} {meta.version}{'  (production)' if result.promoted else ''}")
+    _out(f"strategy   {meta.strategy}: {meta.reason}")
+    _out(
+        f"data       {meta.data.count} examples, {len(meta.labels)} classes ({meta.data.train_count} train / {meta.data.validation_count} validation)"
+    )
+    _out(f"validation accuracy {meta.metrics.accuracy:.4f}  macro-F1 {meta.metrics.macro_f1:.4f}")
+    if meta.test_metrics is not None:
+        _out(
+            f"test       accuracy {meta.test_metrics.accuracy:.4f}  macro-F1 {meta.test_metrics.macro_f1:.4f} ({meta.test_metrics.count} examples)"
+        )
+    _out(f"wall time  {wall:.1f} s")
+    if not result.promoted:
+        _out(f"promote it with: refit models promote {meta.name} {meta.version}")
+    return 0
+
+
+def _version_row(
+    registry: Registry, name: str, version: str, aliases: dict[str, str]
+) -> dict[str, Any]:
+    meta = registry.get(name, version).metadata
+    tags = [a for a, v in aliases.items() if v == version]
+    return {
+        "name": name,
+        "version": version,
+        "aliases": tags,
+        "strategy": meta.strategy,
+        "accuracy": meta.metrics.accuracy,
+        "macro_f1": meta.metrics.macro_f1,
+        "labels": len(meta.labels),
+        "created_at": meta.created_at.isoformat(),
+    }
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    registry = Registry(args.home)
+    try:
+        if args.action == "list":
+            names = [args.name] if args.name else registry.list_models()
+            rows = []
+            for name in names:
+                aliases = registry.aliases(name)
+                rows.extend(
+                    _version_row(registry, name, v, aliases) for v in registry.list_versions(name)
+                )
+            if args.json:
+                _out(json.dumps(rows))
+            elif not rows:
+                _out(f"no models under {registry.root}; train one with `refit train DATA`")
+            else:
+                for r in rows:
+                    tag = f" [{', '.join(r['aliases'])}]" if r["aliases"] else ""
+                    _out(
+                        f"{r['name']}  {r['version']}{tag}  {r['strategy']}  acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}"
+                    )
+        elif args.action == "show":
+            meta = registry.get(args.name, args.version or "production").metadata
+            _out(meta.model_dump_json(indent=None if args.json else 2))
+        elif args.action == "promote":
+            if not args.version:
+                _err("promote needs a version: refit models promote NAME VERSION")
+                return EXIT_BAD_INPUT
+            aliases = registry.promote(args.name, args.version)
+            _out(
+                json.dumps(aliases)
+                if args.json
+                else f"{args.name}: production is now {aliases['production']}"
+            )
+        elif args.action == "rollback":
+            aliases = registry.rollback(args.name)
+            _out(
+                json.dumps(aliases)
+                if args.json
+                else f"{args.name}: production is now {aliases['production']}"
+            )
+        elif args.action == "verify":
+            mv = registry.verify(args.name, args.version or "production")
+            result = {
+                "name": mv.name,
+                "version": mv.version,
+                "ok": True,
+                "files": len(mv.metadata.files),
+            }
+            _out(
+                json.dumps(result)
+                if args.json
+                else f"{mv.name} {mv.version}: ok ({result['files']} files verified)"
+            )
+    except (RegistryError, ValueError) as exc:
+        if args.json:
+            _out(json.dumps({"ok": False, "error": str(exc)}))
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refit", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--home", default=None, help="registry root (default: $REFIT_HOME or ./.refit)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress details to stderr"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train, evaluate, export and publish a model version")
+    t.add_argument("data", help="CSV (text,label|category), JSONL or JSON list of {text, label}")
+    t.add_argument("--name", default="default", help="model name (default: default)")
+    t.add_argument(
+        "--strategy", default="auto", choices=["auto", "feature_extraction", "fine_tuning"]
+    )
+    t.add_argument(
+        "--test", help="a labeled test file to report accuracy on (never used for training)"
+    )
+    t.add_argument("--quantize", action="store_true", help="publish a dynamic int8 model")
+    t.add_argument("--promote", action="store_true", help="make the new version production")
+    t.add_argument(
+        "--backbone", help="a local Hugging Face model folder (default: packaged all-MiniLM-L6-v2)"
+    )
+    t.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs at most (default 4)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    t.add_argument(
+        "--progress", action="store_true", help="show the progress bar even when not on a terminal"
+    )
+    t.add_argument("--no-progress", action="store_true", help="never show the progress bar")
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("models", help="list, show, promote, roll back and verify model versions")
+    m.add_argument("action", choices=["list", "show", "promote", "rollback", "verify"])
+    m.add_argument("name", nargs="?", default=None)
+    m.add_argument(
+        "version", nargs="?", default=None, help="a version id or alias (default: production)"
+    )
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "models" and args.action != "list" and not args.name:
+        _err(f"`refit models {args.action}` needs a model name")
+        return EXIT_BAD_INPUT
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        _err("interrupted; nothing was published")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

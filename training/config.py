@@ -1,0 +1,114 @@
+"""Training configuration: one dataclass, checked once at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+StrategyChoice = Literal["auto", "feature_extraction", "fine_tuning"]
+_STRATEGIES = ("auto", "feature_extraction", "fine_tuning")
+
+
+def _require(condition: bool, name: str, expected: str, found: Any) -> None:
+    if not condition:
+        raise ValueError(f"{name} must be {expected}, got {found!r}")
+
+
+@dataclass(frozen=True)
+class PolicyThresholds:
+    """When to extract features, when to fine-tune (see docs/policy.md).
+
+    `k` is the `percentile`-th percentile of the per-class example counts: robust to one
+    or two tiny classes, unlike the minimum (Banking77: min 35, p10 95, median 127).
+    """
+
+    feature_extraction_below: int = 16
+    fine_tuning_at: int = 64
+    percentile: float = 10.0
+    time_budget_s: float = 1800.0
+    finetune_samples_per_s_cpu: float = 30.0
+    finetune_samples_per_s_cuda: float = 500.0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.feature_extraction_below >= 2,
+            "feature_extraction_below",
+            ">= 2",
+            self.feature_extraction_below,
+        )
+        _require(
+            self.fine_tuning_at >= self.feature_extraction_below,
+            "fine_tuning_at",
+            f">= feature_extraction_below ({self.feature_extraction_below})",
+            self.fine_tuning_at,
+        )
+        _require(0 <= self.percentile <= 50, "percentile", "between 0 and 50", self.percentile)
+        _require(self.time_budget_s > 0, "time_budget_s", "> 0", self.time_budget_s)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "default"
+    strategy: StrategyChoice = "auto"
+    backbone: Path | None = None  # a local Hugging Face folder; None: the packaged MiniLM
+    max_length: int = 128
+    validation_fraction: float = 0.1
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None
+    embed_batch_size: int = 64
+    # feature extraction: L2 logistic regression, C picked on validation macro-F1
+    head_c_grid: tuple[float, ...] = (1.0, 10.0, 100.0)
+    head_max_iter: int = 500
+    # fine-tuning (LP-FT: the head starts from the probe)
+    epochs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 3e-5
+    head_learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    patience: int = 1
+    max_train_seconds: float | None = None
+    # export
+    opset: int = 17
+    quantize: bool = False
+    parity_tolerance: float = 1e-4
+    promote: bool = False
+    cache_dir: Path | None = None  # embedding cache; None: <registry root>/.cache
+    thresholds: PolicyThresholds = field(default_factory=PolicyThresholds)
+
+    def __post_init__(self) -> None:
+        _require(self.strategy in _STRATEGIES, "strategy", f"one of {_STRATEGIES}", self.strategy)
+        _require(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
+        _require(8 <= self.max_length <= 512, "max_length", "between 8 and 512", self.max_length)
+        _require(
+            0 < self.validation_fraction < 0.5,
+            "validation_fraction",
+            "between 0 and 0.5 (exclusive)",
+            self.validation_fraction,
+        )
+        _require(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        _require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        _require(self.embed_batch_size >= 1, "embed_batch_size", ">= 1", self.embed_batch_size)
+        _require(0 < self.learning_rate < 1, "learning_rate", "in (0, 1)", self.learning_rate)
+        _require(0 <= self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)", self.warmup_ratio)
+        _require(self.patience >= 0, "patience", ">= 0", self.patience)
+        _require(
+            bool(self.head_c_grid) and all(c > 0 for c in self.head_c_grid),
+            "head_c_grid",
+            "non-empty, all > 0",
+            self.head_c_grid,
+        )
+        _require(self.parity_tolerance > 0, "parity_tolerance", "> 0", self.parity_tolerance)
+        _require(self.threads is None or self.threads >= 1, "threads", ">= 1 or None", self.threads)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for `metadata.json`."""
+        out = dataclasses.asdict(self)
+        for key in ("backbone", "cache_dir"):
+            out[key] = str(out[key]) if out[key] is not None else None
+        out["head_c_grid"] = list(self.head_c_grid)
+        return out

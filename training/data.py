@@ -1,0 +1,285 @@
+"""Labeled examples in, a validated, normalised, de-duplicated `Dataset` out.
+
+Every problem names where it was found (`line N` for CSV/JSONL, `item N` for JSON lists
+and Python pairs) and what to do about it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MAX_TEXT_CHARS = 100_000
+MAX_LABEL_CHARS = 200
+_MAX_REPORTED = 20
+LABEL_COLUMNS = ("label", "category")
+
+
+class DataError(ValueError):
+    """The data cannot be trained on; `problems` lists every issue found (first 20)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        shown = self.problems[:_MAX_REPORTED]
+        more = len(self.problems) - len(shown)
+        text = "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    texts: tuple[str, ...]
+    labels: tuple[str, ...]
+    duplicates_dropped: int = 0
+    conflicts: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.labels).items()))
+
+    def sha256(self) -> str:
+        """Order-independent: the same examples give the same hash."""
+        canonical = json.dumps(
+            sorted(zip(self.texts, self.labels, strict=True)), ensure_ascii=False
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def subset(self, indices: Iterable[int]) -> Dataset:
+        idx = list(indices)
+        return Dataset(tuple(self.texts[i] for i in idx), tuple(self.labels[i] for i in idx))
+
+
+def normalize_text(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def _check_row(where: str, text: Any, label: Any, problems: list[str]) -> tuple[str, str] | None:
+    before = len(problems)
+    if text is None:
+        problems.append(f"{where}: missing text")
+    elif not isinstance(text, str):
+        problems.append(f"{where}: text must be a string, got {type(text).__name__}")
+    elif len(text) > MAX_TEXT_CHARS:
+        problems.append(
+            f"{where}: text has {len(text)} characters, the limit is {MAX_TEXT_CHARS}; split or trim it"
+        )
+    elif not normalize_text(text):
+        problems.append(f"{where}: empty text")
+    if label is None or (isinstance(label, str) and not label.strip()):
+        problems.append(f"{where}: missing label")
+    elif not isinstance(label, str):
+        problems.append(
+            f"{where}: label must be a string, got {type(label).__name__} {label!r}; quote it"
+            if isinstance(label, int | float)
+            else f"{where}: label must be a string, got {type(label).__name__}"
+        )
+    elif len(label) > MAX_LABEL_CHARS:
+        problems.append(
+            f"{where}: label has {len(label)} characters, the limit is {MAX_LABEL_CHARS}"
+        )
+    if len(problems) > before:
+        return None
+    assert isinstance(text, str) and isinstance(label, str)
+    return normalize_text(text), unicodedata.normalize("NFC", label).strip()
+
+
+def build_dataset(rows: Iterable[tuple[str, Any, Any]]) -> Dataset:
+    """Validate `(where, text, label)` rows, normalise, drop duplicates and conflicts."""
+    problems: list[str] = []
+    clean: list[tuple[str, str]] = []
+    for where, text, label in rows:
+        checked = _check_row(where, text, label, problems)
+        if checked is not None:
+            clean.append(checked)
+    if problems:
+        raise DataError(problems)
+    if not clean:
+        raise DataError(["no examples: expected rows of text and label"])
+
+    labels_by_text: dict[str, set[str]] = {}
+    for text, label in clean:
+        labels_by_text.setdefault(text, set()).add(label)
+    conflicts = sorted(t for t, ls in labels_by_text.items() if len(ls) > 1)
+    seen: set[str] = set()
+    texts: list[str] = []
+    labels: list[str] = []
+    duplicates = 0
+    for text, label in clean:
+        if text in conflicts:
+            continue
+        if text in seen:
+            duplicates += 1
+            continue
+        seen.add(text)
+        texts.append(text)
+        labels.append(label)
+
+    counts = Counter(labels)
+    if len(counts) < 2:
+        found = ", ".join(repr(c) for c in counts) or "none"
+        raise DataError(
+            [
+                f"need at least 2 classes, found {len(counts)} ({found}); add examples of other labels"
+            ]
+        )
+    thin = sorted(c for c, n in counts.items() if n < 2)
+    if thin:
+        raise DataError(
+            [
+                f"class {c!r} has {counts[c]} example after de-duplication, need at least 2; "
+                "add examples or remove the class"
+                for c in thin
+            ]
+        )
+    return Dataset(tuple(texts), tuple(labels), duplicates, tuple(conflicts))
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            [
+                f"{source} line {line}: undecodable bytes at offset {exc.start}; save the file as UTF-8"
+            ]
+        ) from None
+
+
+def _csv_rows(text: str, source: str) -> Iterable[tuple[str, Any, Any]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise DataError([f"{source}: empty file; expected a header `text,label`"])
+    columns = [h.strip().lower() for h in header]
+    label_col = next((c for c in LABEL_COLUMNS if c in columns), None)
+    if "text" not in columns or label_col is None:
+        raise DataError(
+            [
+                f"{source} line 1: header must name columns `text` and `label` (or `category`), found {header!r}"
+            ]
+        )
+    ti, li = columns.index("text"), columns.index(label_col)
+    for row in reader:
+        where = f"{source} line {reader.line_num}"
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(columns):
+            raise DataError(
+                [
+                    f"{where}: expected {len(columns)} fields, found {len(row)}; quote texts containing commas"
+                ]
+            )
+        yield where, row[ti], row[li]
+
+
+def _mapping_row(where: str, item: Mapping[str, Any]) -> tuple[str, Any, Any]:
+    label = item.get("label", item.get("category"))
+    return where, item.get("text"), label
+
+
+def _jsonl_rows(text: str, source: str) -> Iterable[tuple[str, Any, Any]]:
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{source} line {n}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError([f"{where}: invalid JSON ({exc.msg})"]) from None
+        if not isinstance(item, Mapping):
+            raise DataError(
+                [f"{where}: expected an object with `text` and `label`, got {type(item).__name__}"]
+            )
+        yield _mapping_row(where, item)
+
+
+def _json_rows(text: str, source: str) -> Iterable[tuple[str, Any, Any]]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError([f"{source} line {exc.lineno}: invalid JSON ({exc.msg})"]) from None
+    if isinstance(items, Mapping) and "examples" in items:
+        items = items["examples"]
+    if not isinstance(items, list):
+        raise DataError([f"{source}: expected a JSON list of {{text, label}} objects"])
+    for n, item in enumerate(items, start=1):
+        if not isinstance(item, Mapping):
+            raise DataError(
+                [
+                    f"{source} item {n}: expected an object with `text` and `label`, got {type(item).__name__}"
+                ]
+            )
+        yield _mapping_row(f"{source} item {n}", item)
+
+
+def parse_bytes(data: bytes, fmt: str, source: str = "data") -> Dataset:
+    """Parse uploaded bytes as `csv`, `jsonl` or `json`."""
+    text = _decode(data, source)
+    readers = {"csv": _csv_rows, "jsonl": _jsonl_rows, "json": _json_rows}
+    if fmt not in readers:
+        raise DataError([f"unsupported format {fmt!r}: use one of {sorted(readers)}"])
+    return build_dataset(readers[fmt](text, source))
+
+
+def load_dataset(
+    source: str | Path | Iterable[tuple[Any, Any]] | Iterable[Mapping[str, Any]],
+) -> Dataset:
+    """A CSV/JSONL/JSON file (by extension), or Python `(text, label)` pairs or dicts."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        fmt = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}.get(
+            path.suffix.lower()
+        )
+        if fmt is None:
+            raise DataError(
+                [f"{path}: unknown file type {path.suffix!r}; use .csv, .jsonl or .json"]
+            )
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError([f"{path}: cannot read ({exc.strerror})"]) from None
+        return parse_bytes(data, fmt, path.name)
+
+    def rows() -> Iterable[tuple[str, Any, Any]]:
+        for n, item in enumerate(source, start=1):
+            if isinstance(item, Mapping):
+                yield _mapping_row(f"item {n}", item)
+            elif isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2:
+                yield f"item {n}", item[0], item[1]
+            else:
+                yield f"item {n}", None, None
+
+    return build_dataset(rows())
+
+
+def stratified_split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Per class: at least one validation and one training example; independent of input order."""
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(dataset.labels):
+        by_class.setdefault(label, []).append(i)
+    train_idx: list[int] = []
+    val_idx: list[int] = []
+    for label in sorted(by_class):
+        members = sorted(by_class[label], key=lambda i: dataset.texts[i])
+        rng.shuffle(members)
+        n_val = min(max(1, round(fraction * len(members))), len(members) - 1)
+        val_idx.extend(members[:n_val])
+        train_idx.extend(members[n_val:])
+    return dataset.subset(sorted(train_idx)), dataset.subset(sorted(val_idx))

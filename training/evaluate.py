@@ -1,0 +1,75 @@
+"""Classification metrics, and running an exported model the way the service does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from models import ClassMetrics, Metrics
+
+
+def compute_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    labels: Sequence[str],
+    *,
+    with_confusion: bool = True,
+) -> Metrics:
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    ids = list(range(len(labels)))
+    present = sorted(set(y_true.tolist()))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
+    per_class = {
+        labels[i]: ClassMetrics(
+            precision=round(float(p[i]), 6),
+            recall=round(float(r[i]), 6),
+            f1=round(float(f[i]), 6),
+            support=int(s[i]),
+        )
+        for i in ids
+    }
+    # Macro-F1 over the classes present in this evaluation set (sklearn's default when
+    # labels= is not given), so a test file with a subset of classes is scored fairly.
+    macro_f1 = float(np.mean([f[i] for i in present])) if present else 0.0
+    confusion = confusion_matrix(y_true, y_pred, labels=ids).tolist() if with_confusion else None
+    return Metrics(
+        accuracy=round(float(np.mean(y_true == y_pred)) if len(y_true) else 0.0, 6),
+        macro_f1=round(macro_f1, 6),
+        count=int(len(y_true)),
+        per_class=per_class,
+        confusion=confusion,
+    )
+
+
+class OnnxRunner:
+    """onnxruntime + tokenizers only: the same path the inference service takes."""
+
+    def __init__(
+        self, model_path: Path, tokenizer_path: Path, *, threads: int | None = None
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(texts), batch_size):
+            encodings = self.tokenizer.encode_batch(list(texts[start : start + batch_size]))
+            ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+            mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+            probs = self.session.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[
+                0
+            ]
+            outputs.append(probs)
+        return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)

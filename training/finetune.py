@@ -1,0 +1,221 @@
+"""Fine-tuning all weights, LP-FT style: the head starts from the tuned linear probe.
+
+AdamW (bias-corrected), linear warmup then linear decay, gradient clipping, dynamic padding,
+early stopping on validation macro-F1 keeping the best weights; CUDA with autocast (bf16)
+when available. One log line per epoch and every `log_every` steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from transformers import get_linear_schedule_with_warmup
+
+from training.classifier import SentenceClassifier
+from training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FineTuneResult:
+    best_epoch: int  # 0: no epoch beat the starting point
+    best_macro_f1: float
+    start_macro_f1: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    samples_per_s: float = 0.0
+    stopped: str = "completed"
+
+
+def _batches(
+    tokenizer,
+    texts: Sequence[str],
+    labels: np.ndarray,
+    order: list[int],
+    batch_size: int,
+    max_length: int,
+    device,
+):
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        yield (
+            enc["input_ids"].to(device),
+            enc["attention_mask"].to(device),
+            torch.as_tensor(labels[idx], device=device),
+        )
+
+
+@torch.inference_mode()
+def predict(
+    model: SentenceClassifier,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    batch_size: int,
+    device,
+) -> np.ndarray:
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros(len(texts), dtype=np.int64)
+    dummy = np.zeros(len(texts), dtype=np.int64)
+    for pos, (ids, mask, _) in zip(
+        range(0, len(order), batch_size),
+        _batches(tokenizer, texts, dummy, order, batch_size, max_length, device),
+        strict=True,
+    ):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            _, logits = model(ids, mask)
+        out[order[pos : pos + batch_size]] = logits.argmax(dim=-1).cpu().numpy()
+    return out
+
+
+def fine_tune(
+    model: SentenceClassifier,
+    tokenizer,
+    train_texts: Sequence[str],
+    train_labels: np.ndarray,
+    val_texts: Sequence[str],
+    val_labels: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    start_macro_f1: float,
+    keep_start: bool,
+    time_budget_s: float | None,
+    on_step: Callable[[int, int, str], None] | None = None,
+    log_every: int = 50,
+) -> FineTuneResult:
+    """Train in place; on return `model` holds the best weights seen.
+
+    With `keep_start`, the starting weights (the probe) count as epoch 0 and are restored
+    when no epoch beats their validation macro-F1.
+    """
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    model.to(device)
+    head_params = list(model.head.parameters())
+    head_ids = {id(p) for p in head_params}
+    decay, no_decay = [], []
+    for name, p in model.encoder.named_parameters():
+        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay, "lr": config.learning_rate},
+            {"params": no_decay, "weight_decay": 0.0, "lr": config.learning_rate},
+            {"params": head_params, "weight_decay": 0.0, "lr": config.head_learning_rate},
+        ]
+    )
+    assert not any(id(p) in head_ids for p in decay + no_decay)
+    steps_per_epoch = math.ceil(len(train_texts) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+
+    best_state = copy.deepcopy(model.state_dict()) if keep_start else None
+    result = FineTuneResult(
+        best_epoch=0,
+        best_macro_f1=start_macro_f1 if keep_start else -1.0,
+        start_macro_f1=start_macro_f1,
+    )
+    started = time.perf_counter()
+    seen = 0
+    train_time = 0.0  # excludes validation passes
+    bad_epochs = 0
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        epoch_started = time.perf_counter()
+        order = list(range(len(train_texts)))
+        rng.shuffle(order)
+        epoch_loss = 0.0
+        for ids, mask, y in _batches(
+            tokenizer,
+            train_texts,
+            train_labels,
+            order,
+            config.batch_size,
+            config.max_length,
+            device,
+        ):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                _, logits = model(ids, mask)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen += len(y)
+            epoch_loss += loss.detach().item() * len(y)
+            if step % log_every == 0:  # nanoGPT-style: step, loss, lr, ms/step
+                elapsed = time.perf_counter() - started
+                log.info(
+                    "epoch %d step %d/%d loss %.4f lr %.2e %.0f ms/step",
+                    epoch,
+                    step,
+                    total,
+                    float(loss),
+                    scheduler.get_last_lr()[0],
+                    1000 * elapsed / step,
+                )
+            if on_step is not None:
+                on_step(step, total, f"epoch {epoch}/{config.epochs}")
+        train_time += time.perf_counter() - epoch_started
+        pred = predict(
+            model, tokenizer, val_texts, max_length=config.max_length, batch_size=64, device=device
+        )
+        score = float(f1_score(val_labels, pred, average="macro", zero_division=0))
+        elapsed = time.perf_counter() - started
+        result.history.append(
+            {
+                "epoch": epoch,
+                "loss": round(epoch_loss / len(train_texts), 5),
+                "val_macro_f1": round(score, 6),
+                "elapsed_s": round(elapsed, 1),
+            }
+        )
+        log.info(
+            "epoch %d done: loss %.4f validation macro-F1 %.4f (%.0f s)",
+            epoch,
+            epoch_loss / len(train_texts),
+            score,
+            elapsed,
+        )
+        if score > result.best_macro_f1:
+            result.best_macro_f1, result.best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        if bad_epochs > config.patience:
+            result.stopped = f"early stop after epoch {epoch}"
+            break
+        per_epoch = elapsed / epoch
+        if (
+            time_budget_s is not None
+            and elapsed + per_epoch > time_budget_s
+            and epoch < config.epochs
+        ):
+            result.stopped = f"time budget ({time_budget_s:.0f} s) reached after epoch {epoch}"
+            break
+    result.samples_per_s = round(seen / max(train_time, 1e-9), 1)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result

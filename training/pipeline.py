@@ -1,0 +1,294 @@
+"""`train(dataset, config) -> published metadata`: the whole job, callable as a library."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import BackboneInfo, DataSummary, Metrics, ModelMetadata, Registry, validate_model_name
+from training.config import TrainConfig
+from training.data import Dataset, load_dataset, stratified_split
+from training.policy import Decision, decide
+from training.progress import CancelCheck, ProgressCallback, Reporter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    metadata: ModelMetadata
+    promoted: bool
+    decision: Decision
+    timings: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_dataset(data: Dataset | str | Path | Iterable[Any]) -> Dataset:
+    return data if isinstance(data, Dataset) else load_dataset(data)
+
+
+def _select_device(choice: str):
+    import torch
+
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "device 'cuda' was requested but torch sees no CUDA device; use 'cpu' or 'auto'"
+            )
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def train(
+    data: Dataset | str | Path | Iterable[Any],
+    config: TrainConfig | None = None,
+    *,
+    registry: Registry | None = None,
+    test_data: Dataset | str | Path | Iterable[Any] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Validate, pick a strategy, train, evaluate, export to ONNX and publish one version.
+
+    Raises `DataError` for unusable data (before any heavy work), `Cancelled` when `cancel`
+    returns True, `ExportError` when ONNX disagrees with torch. Nothing is published unless
+    every step succeeded.
+    """
+    config = config or TrainConfig()
+    registry = registry or Registry()
+    validate_model_name(config.name)
+    report = Reporter(progress, cancel)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    report("validating", 0.0, "checking examples")
+    dataset = _as_dataset(data)
+    test = _as_dataset(test_data) if test_data is not None else None
+    train_set, val_set = stratified_split(dataset, config.validation_fraction, config.seed)
+    labels = dataset.classes
+    label_id = {label: i for i, label in enumerate(labels)}
+    if test is not None:
+        unknown = sorted(set(test.labels) - set(labels))
+        if unknown:
+            from training.data import DataError
+
+            raise DataError([f"test data has labels not in the training data: {unknown[:10]}"])
+    report("validating", 1.0, f"{len(dataset)} examples, {len(labels)} classes")
+
+    import torch
+
+    from training.backbone import load_backbone
+    from training.classifier import SentenceClassifier
+    from training.embeddings import EmbeddingCache, embed_with_cache
+    from training.evaluate import OnnxRunner, compute_metrics
+    from training.export import export_onnx
+    from training.head import fit_probe
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _select_device(config.device)
+    decision = decide(
+        dataset.counts(),
+        config.thresholds,
+        forced=config.strategy,
+        train_examples=len(train_set),
+        on_cuda=device.type == "cuda",
+    )
+    log.info("strategy plan: %s (%s)", decision.plan, decision.reason)
+
+    backbone = load_backbone(config.backbone)
+    model = SentenceClassifier(backbone.encoder, len(labels)).to(device)
+    y_train = np.asarray([label_id[x] for x in train_set.labels])
+    y_val = np.asarray([label_id[x] for x in val_set.labels])
+
+    # 1. Frozen embeddings (cached) and the tuned linear probe: every plan starts here.
+    t0 = time.perf_counter()
+    cache = EmbeddingCache((config.cache_dir or registry.root / ".cache") / "embeddings.sqlite")
+    all_texts = list(train_set.texts) + list(val_set.texts)
+    vectors, embed_stats = embed_with_cache(
+        model,
+        backbone.tokenizer,
+        all_texts,
+        backbone_sha=backbone.sha256,
+        max_length=config.max_length,
+        batch_size=config.embed_batch_size,
+        device=device,
+        cache=cache,
+        on_batch=lambda done, total: report("embedding", done / total, f"{done}/{total} texts"),
+    )
+    timings["embedding_s"] = round(time.perf_counter() - t0, 2)
+    x_train, x_val = vectors[: len(train_set)], vectors[len(train_set) :]
+
+    t0 = time.perf_counter()
+    report("training", 0.0, "fitting the linear probe")
+    probe_share = 0.2 if decision.plan != "feature_extraction" else 1.0
+    head = fit_probe(
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        len(labels),
+        c_grid=config.head_c_grid,
+        max_iter=config.head_max_iter,
+        seed=config.seed,
+        on_step=lambda i, n, msg: report("training", probe_share * i / n, msg),
+    )
+    model.set_head(torch.from_numpy(head.weight), torch.from_numpy(head.bias))
+    timings["probe_s"] = round(time.perf_counter() - t0, 2)
+    details: dict[str, Any] = {
+        "embedding": embed_stats,
+        "probe": {
+            "c": head.c,
+            "validation_macro_f1": head.validation_macro_f1,
+            "search": head.search,
+        },
+    }
+
+    # 2. Fine-tuning (LP-FT) when the plan asks for it.
+    strategy = "feature_extraction"
+    reason = decision.reason
+    if decision.plan != "feature_extraction":
+        from training.finetune import fine_tune
+
+        t0 = time.perf_counter()
+        budget = config.max_train_seconds
+        if budget is None and config.strategy == "auto":
+            budget = config.thresholds.time_budget_s
+        ft = fine_tune(
+            model,
+            backbone.tokenizer,
+            train_set.texts,
+            y_train,
+            val_set.texts,
+            y_val,
+            config,
+            device,
+            start_macro_f1=head.validation_macro_f1,
+            keep_start=config.strategy == "auto",
+            time_budget_s=budget,
+            on_step=lambda i, n, msg: report(
+                "training", probe_share + (1 - probe_share) * i / n, msg
+            ),
+        )
+        timings["fine_tuning_s"] = round(time.perf_counter() - t0, 2)
+        details["fine_tuning"] = {
+            "best_epoch": ft.best_epoch,
+            "history": ft.history,
+            "samples_per_s": ft.samples_per_s,
+            "stopped": ft.stopped,
+        }
+        if ft.best_epoch > 0:
+            strategy = "fine_tuning"
+            if decision.plan == "compare":
+                reason += (
+                    f"; fine-tuning won (validation macro-F1 {ft.best_macro_f1:.4f} "
+                    f"vs probe {head.validation_macro_f1:.4f})"
+                )
+        else:
+            reason += (
+                f"; fine-tuning did not beat the probe on validation (best {max((h['val_macro_f1'] for h in ft.history), default=0):.4f} "
+                f"vs {head.validation_macro_f1:.4f}), kept feature extraction"
+            )
+    model.to("cpu").float().eval()
+
+    # 3. Export to a private staging folder, check parity, evaluate what will be served.
+    staging = registry.stage(config.name)
+    try:
+        t0 = time.perf_counter()
+        report("exporting", 0.0, "exporting to ONNX")
+        exported = export_onnx(
+            model,
+            backbone.tokenizer,
+            staging.path,
+            parity_texts=val_set.texts,
+            max_length=config.max_length,
+            opset=config.opset,
+            tolerance=config.parity_tolerance,
+            quantize=config.quantize,
+        )
+        timings["export_s"] = round(time.perf_counter() - t0, 2)
+        report("exporting", 1.0, "parity checked")
+
+        t0 = time.perf_counter()
+        report("evaluating", 0.0, "scoring the held-out split")
+        runner = OnnxRunner(staging.path / "model.onnx", staging.path / "tokenizer.json")
+
+        def score(ds: Dataset) -> Metrics:
+            probs = runner.predict_proba(list(ds.texts))
+            return compute_metrics([label_id[x] for x in ds.labels], probs.argmax(1), labels)
+
+        metrics = score(val_set)
+        report(
+            "evaluating",
+            0.5 if test is not None else 1.0,
+            f"validation accuracy {metrics.accuracy:.4f}",
+        )
+        test_metrics = score(test) if test is not None else None
+        timings["evaluation_s"] = round(time.perf_counter() - t0, 2)
+
+        report("publishing", 0.0, "publishing")
+        try:
+            parent = registry.resolve(config.name, "production")
+        except LookupError:
+            parent = None
+        timings["total_s"] = round(time.perf_counter() - started, 2)
+        metadata = ModelMetadata(
+            name=config.name,
+            version=staging.version,
+            created_at=datetime.now(UTC),
+            labels=labels,
+            backbone=BackboneInfo(name=backbone.name, sha256=backbone.sha256),
+            strategy=strategy,
+            reason=reason,
+            policy_inputs={"plan": decision.plan, **decision.inputs},
+            training_config={
+                **config.to_dict(),
+                "details": details,
+                "timings": timings,
+                **(extra_metadata or {}),
+            },
+            data=DataSummary(
+                count=len(dataset),
+                per_class=dataset.counts(),
+                sha256=dataset.sha256(),
+                train_count=len(train_set),
+                validation_count=len(val_set),
+                duplicates_dropped=dataset.duplicates_dropped,
+                conflicts=len(dataset.conflicts),
+            ),
+            metrics=metrics,
+            test_metrics=test_metrics,
+            max_length=config.max_length,
+            onnx=exported.info,
+            quantized=exported.quantization is not None,
+            quantization=exported.quantization,
+            parent_version=parent,
+        )
+        report("publishing", 0.5, "writing the version")
+        published = registry.publish(staging, metadata)
+    except BaseException:
+        registry.discard(staging)
+        raise
+    promoted = False
+    if config.promote:
+        registry.promote(config.name, published.version)
+        promoted = True
+    report("done", 1.0, f"published {published.version}")
+    log.info(
+        "published %s/%s: %s, validation accuracy %.4f macro-F1 %.4f in %.0f s",
+        config.name,
+        published.version,
+        strategy,
+        metrics.accuracy,
+        metrics.macro_f1,
+        timings["total_s"],
+    )
+    return TrainResult(published.metadata, promoted, decision, timings, details)
