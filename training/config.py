@@ -60,7 +60,11 @@ class TrainConfig:
     threads: int | None = None
     embed_batch_size: int = 64
     # feature extraction: L2 logistic regression, C picked on validation macro-F1
-    head_c_grid: tuple[float, ...] = (1.0, 10.0, 100.0)
+    head_c_grid: tuple[float, ...] = (
+        10.0,
+        1.0,
+        100.0,
+    )  # on ties the first wins: 10 is best on intent data (docs/policy.md)
     head_max_iter: int = 500
     # fine-tuning (LP-FT: the head starts from the probe)
     epochs: int = 4

@@ -98,7 +98,27 @@ def _check_row(where: str, text: Any, label: Any, problems: list[str]) -> tuple[
     return normalize_text(text), unicodedata.normalize("NFC", label).strip()
 
 
-def build_dataset(rows: Iterable[tuple[str, Any, Any]]) -> Dataset:
+def check_class_counts(counts: Mapping[str, int]) -> None:
+    """At least 2 classes, each with at least 2 examples (one to train on, one to validate)."""
+    if len(counts) < 2:
+        found = ", ".join(repr(c) for c in counts) or "none"
+        raise DataError(
+            [
+                f"need at least 2 classes, found {len(counts)} ({found}); add examples of other labels"
+            ]
+        )
+    thin = sorted(c for c, n in counts.items() if n < 2)
+    if thin:
+        raise DataError(
+            [
+                f"class {c!r} has {counts[c]} example after de-duplication, need at least 2; "
+                "add examples or remove the class"
+                for c in thin
+            ]
+        )
+
+
+def build_dataset(rows: Iterable[tuple[str, Any, Any]], *, check_classes: bool = True) -> Dataset:
     """Validate `(where, text, label)` rows, normalise, drop duplicates and conflicts."""
     problems: list[str] = []
     clean: list[tuple[str, str]] = []
@@ -129,23 +149,8 @@ def build_dataset(rows: Iterable[tuple[str, Any, Any]]) -> Dataset:
         texts.append(text)
         labels.append(label)
 
-    counts = Counter(labels)
-    if len(counts) < 2:
-        found = ", ".join(repr(c) for c in counts) or "none"
-        raise DataError(
-            [
-                f"need at least 2 classes, found {len(counts)} ({found}); add examples of other labels"
-            ]
-        )
-    thin = sorted(c for c, n in counts.items() if n < 2)
-    if thin:
-        raise DataError(
-            [
-                f"class {c!r} has {counts[c]} example after de-duplication, need at least 2; "
-                "add examples or remove the class"
-                for c in thin
-            ]
-        )
+    if check_classes:
+        check_class_counts(Counter(labels))
     return Dataset(tuple(texts), tuple(labels), duplicates, tuple(conflicts))
 
 
@@ -228,13 +233,15 @@ def _json_rows(text: str, source: str) -> Iterable[tuple[str, Any, Any]]:
         yield _mapping_row(f"{source} item {n}", item)
 
 
-def parse_bytes(data: bytes, fmt: str, source: str = "data") -> Dataset:
+def parse_bytes(
+    data: bytes, fmt: str, source: str = "data", *, check_classes: bool = True
+) -> Dataset:
     """Parse uploaded bytes as `csv`, `jsonl` or `json`."""
     text = _decode(data, source)
     readers = {"csv": _csv_rows, "jsonl": _jsonl_rows, "json": _json_rows}
     if fmt not in readers:
         raise DataError([f"unsupported format {fmt!r}: use one of {sorted(readers)}"])
-    return build_dataset(readers[fmt](text, source))
+    return build_dataset(readers[fmt](text, source), check_classes=check_classes)
 
 
 def load_dataset(

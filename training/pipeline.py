@@ -26,6 +26,7 @@ class TrainResult:
     metadata: ModelMetadata
     promoted: bool
     decision: Decision
+    validation: Dataset
     timings: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -291,4 +292,4 @@ def train(
         metrics.macro_f1,
         timings["total_s"],
     )
-    return TrainResult(published.metadata, promoted, decision, timings, details)
+    return TrainResult(published.metadata, promoted, decision, val_set, timings, details)

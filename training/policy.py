@@ -78,13 +78,13 @@ def decide(
     if epoch_s > thresholds.time_budget_s:
         return Decision(
             "feature_extraction",
-            f"{where} is in the crossover zone, but one fine-tuning epoch (~{epoch_s:.0f} s) "
+            f"{where}: in the crossover zone, but one fine-tuning epoch (~{epoch_s:.0f} s) "
             f"exceeds the time budget ({thresholds.time_budget_s:.0f} s)",
             inputs,
         )
     return Decision(
         "compare",
-        f"{where} is in the crossover zone [{thresholds.feature_extraction_below}, "
+        f"{where}: in the crossover zone [{thresholds.feature_extraction_below}, "
         f"{thresholds.fine_tuning_at}): trained both, kept the better on validation macro-F1",
         inputs,
     )

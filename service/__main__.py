@@ -1,0 +1,86 @@
+"""`python -m service` (what `make serve` runs): first-start training, then `bentoml serve`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from models import Registry, RegistryError
+
+log = logging.getLogger("service")
+
+EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "training" / "data" / "example_intents.csv"
+
+
+def ensure_production_model(settings) -> None:
+    """With no production model, train one from the shipped example data (or REFIT_DEFAULT_DATA)."""
+    registry = Registry(settings.root)
+    try:
+        registry.verify(settings.model_name, "production")
+        return
+    except (RegistryError, LookupError):
+        pass
+    data = settings.default_data or EXAMPLE_DATA
+    log.info(
+        "no production model %r under %s: training one from %s",
+        settings.model_name,
+        settings.root,
+        data,
+    )
+    from training import TrainConfig
+    from training.pipeline import train
+
+    # feature extraction: a first start should take seconds, not minutes
+    config = TrainConfig(name=settings.model_name, strategy="feature_extraction", promote=True)
+    result = train(data, config, registry=registry)
+    meta = result.metadata
+    log.info(
+        "trained %s/%s (%s): validation accuracy %.3f",
+        meta.name,
+        meta.version,
+        meta.strategy,
+        meta.metrics.accuracy,
+    )
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from service.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        sys.stderr.write(f"refit: invalid settings:\n{exc}\n")
+        return 2
+    settings.root.mkdir(parents=True, exist_ok=True)
+    ensure_production_model(settings)
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # numpy would otherwise oversubscribe the cores
+    os.environ["REFIT_HOME"] = str(settings.root)
+    args = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "service.app:Refit",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--timeout-graceful-shutdown",
+        str(settings.graceful_shutdown_s),
+    ]
+    log.info("starting: %s", " ".join(args[2:]))
+    os.execv(sys.executable, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

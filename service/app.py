@@ -1,0 +1,327 @@
+"""The Refit BentoML service: batched ONNX prediction, retrain jobs, model admin, hot swap.
+
+Run with `python -m service` (trains a first model when the registry is empty) or
+`bentoml serve service.app:Refit`. Settings come from `REFIT_*` environment variables,
+read once per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Literal
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from models import CorruptVersionError, Registry, RegistryError
+from service import metrics
+from service.middleware import LimitsAndAuthMiddleware, RetrainSubmitMiddleware
+from service.runtime import LoadedModel, MicroBatcher, ModelHolder
+from service.schemas import Example, PredictResponse, PromoteRequest
+from service.settings import Settings
+from service.store import ACTIVE_STATES, Store
+
+log = logging.getLogger("service")
+
+# Read once at import: BentoML needs the worker count in the decorator below.
+SETTINGS = Settings()
+admin = FastAPI(title="Refit admin")
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _die_with_parent() -> None:  # runs in the trainer child before exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@bentoml.service(
+    name="refit",
+    workers=SETTINGS.workers,
+    traffic={"timeout": max(3600, int(SETTINGS.time_budget_s * 2))},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+)
+@bentoml.asgi_app(admin, path="/")
+class Refit:
+    def __init__(self) -> None:
+        self.settings = SETTINGS
+        self.registry = Registry(self.settings.root)
+        self.store = Store(self.settings.store_path)
+        self.holder = ModelHolder(
+            self.registry,
+            self.settings.model_name,
+            threads=self.settings.threads,
+            graph_optimization=self.settings.graph_optimization,
+            device=self.settings.device,
+        )
+        self.batcher = MicroBatcher(
+            self.holder,
+            max_texts=self.settings.max_batch_texts,
+            max_latency_ms=self.settings.max_latency_ms,
+            on_batch=self._record_batch,
+        )
+        self._served: LoadedModel | None = None
+        self._swap(force=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __is_ready__(self) -> bool:
+        return self.holder.model is not None and self.holder.error is None
+
+    @bentoml.on_deployment
+    def _reconcile_jobs() -> None:  # once, before any worker starts
+        settings = Settings()
+        interrupted = Store(settings.store_path).reconcile()
+        if interrupted:
+            log.warning("jobs interrupted by the last shutdown: %s", ", ".join(interrupted))
+
+    @bentoml.on_startup
+    async def _watch_registry(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.settings.swap_poll_s)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._swap)
+
+        self._watcher = asyncio.get_running_loop().create_task(loop())
+
+    def _swap(self, force: bool = False) -> None:
+        if not self.holder.refresh() and not force:
+            return
+        model = self.holder.model
+        if model is None:
+            return
+        old = self._served
+        if old is not None and old.version != model.version:
+            metrics.MODEL_INFO.labels(old.name, old.version, old.strategy, old.provider).set(0)
+            metrics.MODEL_MACRO_F1.labels(old.name, old.version).set(0)
+            metrics.MODEL_SWAPS.labels(model.name).inc()
+        metrics.MODEL_INFO.labels(model.name, model.version, model.strategy, model.provider).set(1)
+        metrics.MODEL_MACRO_F1.labels(model.name, model.version).set(model.macro_f1)
+        self._served = model
+
+    @staticmethod
+    def _record_batch(model: LoadedModel, size: int, seconds: float) -> None:
+        metrics.INFERENCE_LATENCY.labels(model.name).observe(seconds)
+        metrics.BATCH_SIZE.labels(model.name).observe(size)
+
+    # -- prediction ------------------------------------------------------------------------
+    @bentoml.api
+    async def predict(self, texts: list[str], top_k: int = 1) -> PredictResponse:
+        """Classify texts; concurrent requests share one onnxruntime call."""
+        limits = self.settings
+        if not texts:
+            return error(400, "texts must not be empty", fix='send {"texts": ["some text"]}')
+        if len(texts) > limits.max_texts_per_request:
+            return error(
+                413,
+                f"{len(texts)} texts in one request, the limit is {limits.max_texts_per_request}",
+                fix="split the request or raise REFIT_MAX_TEXTS_PER_REQUEST",
+            )
+        for i, text in enumerate(texts):
+            if len(text) > limits.max_text_chars:
+                return error(
+                    413,
+                    f"texts[{i}] has {len(text)} characters, the limit is {limits.max_text_chars}",
+                    fix="trim it or raise REFIT_MAX_TEXT_CHARS",
+                )
+            if not text.strip():
+                return error(400, f"texts[{i}] is empty", fix="send non-blank texts")
+        if not 1 <= top_k <= limits.max_top_k:
+            return error(400, f"top_k must be between 1 and {limits.max_top_k}, got {top_k}")
+        self._swap()
+        if self.holder.model is None:
+            return error(
+                503,
+                self.holder.error or "no model loaded yet",
+                fix="train one: POST /retrain/submit",
+            )
+        model, probs = await self.batcher.submit(texts)
+        k = min(top_k, len(model.labels))
+        top = np.argsort(-probs, axis=1)[:, :k]
+        predictions = []
+        for row, order in zip(probs, top, strict=True):
+            best = model.labels[int(order[0])]
+            metrics.PREDICTIONS.labels(model.name, model.version, best).inc()
+            predictions.append(
+                {
+                    "label": best,
+                    "score": round(float(row[order[0]]), 6),
+                    "top": [
+                        {"label": model.labels[int(j)], "score": round(float(row[j]), 6)}
+                        for j in order
+                    ],
+                }
+            )
+        if self.settings.log_texts:
+            log.info("predict %r -> %s", texts, [p["label"] for p in predictions])
+        return JSONResponse(
+            {"model": model.name, "version": model.version, "predictions": predictions},
+            headers={"X-Model-Version": model.version, "X-Refit-Worker": str(os.getpid())},
+        )
+
+    # -- retraining ------------------------------------------------------------------------
+    @bentoml.task
+    async def retrain(
+        self,
+        examples: list[Example] | None = None,
+        strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto",
+        mode: Literal["append", "replace"] = "append",
+        promote: Literal["auto", "always", "never"] = "auto",
+        job_id: str = "",
+    ) -> dict[str, Any]:
+        """Retrain on stored + new examples (mode=append) or on the new ones only (replace).
+
+        The request is validated and stored before it is queued (4xx otherwise); the job
+        runs in a separate trainer process, one at a time per model, in submit order.
+        Progress: `GET /jobs/{job_id}` (the id is in the `X-Refit-Job-Id` header).
+        """
+        job = self.store.get_job(job_id) if job_id else None
+        if job is None:
+            return {"error": "no such job; submit examples to POST /retrain/submit"}
+        return await self._run_job(job.id)
+
+    async def _run_job(self, job_id: str) -> dict[str, Any]:
+        model = self.settings.model_name
+        while (turn := self.store.next_in_line(model)) != job_id:
+            if turn is None:  # our job was cancelled or reconciled away while waiting
+                break
+            await asyncio.to_thread(self.store.reconcile)
+            await asyncio.sleep(1.0)
+        job = self.store.get_job(job_id)
+        if job is None or job.state not in ACTIVE_STATES:
+            return job.to_dict() if job else {"error": "job vanished"}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.settings.trainer_threads),
+            "MKL_NUM_THREADS": str(self.settings.trainer_threads),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service.trainer", job_id, env=env, preexec_fn=_die_with_parent
+        )
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:  # PUT /retrain/cancel
+            self.store.request_cancel(job_id)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), 30)
+            if proc.returncode is None:
+                proc.kill()
+            self.store.finish(
+                job_id, "cancelled", error="cancelled on request; nothing was published"
+            )
+            raise
+        job = self.store.get_job(job_id)
+        assert job is not None
+        if job.state in ACTIVE_STATES:
+            self.store.finish(job_id, "failed", error=f"trainer exited with code {code}")
+            job = self.store.get_job(job_id)
+            assert job is not None
+        strategy = (job.result or {}).get("strategy", "none")
+        metrics.RETRAIN_JOBS.labels(strategy, job.state).inc()
+        metrics.RETRAIN_DURATION.observe(time.monotonic() - started)
+        return job.to_dict()
+
+    # -- admin (FastAPI routes, so they can be GET and take path parameters) ---------------
+    @admin.get("/models")
+    def list_models(self) -> dict[str, Any]:
+        """Versions with metadata, the aliases, and what this worker serves."""
+        name = self.settings.model_name
+        aliases = self.registry.aliases(name)
+        versions = []
+        for version in reversed(self.registry.list_versions(name)):
+            row: dict[str, Any] = {
+                "version": version,
+                "aliases": [a for a, v in aliases.items() if v == version],
+            }
+            try:
+                meta = self.registry.get(name, version).metadata
+            except CorruptVersionError as exc:
+                row["status"] = f"corrupt: {exc.problem}"
+                versions.append(row)
+                continue
+            if version in self.holder.failed_versions:
+                row["status"] = f"failed to load: {self.holder.failed_versions[version]}"
+            else:
+                row["status"] = "ok"
+            row.update(
+                created_at=meta.created_at.isoformat(),
+                strategy=meta.strategy,
+                reason=meta.reason,
+                labels=meta.labels,
+                metrics={
+                    "accuracy": meta.metrics.accuracy,
+                    "macro_f1": meta.metrics.macro_f1,
+                    "count": meta.metrics.count,
+                },
+                data={"count": meta.data.count, "sha256": meta.data.sha256},
+                backbone=meta.backbone.name,
+                quantized=meta.quantized,
+                parent_version=meta.parent_version,
+            )
+            versions.append(row)
+        served = self.holder.model
+        return {
+            "model": name,
+            "production": aliases.get("production"),
+            "previous": aliases.get("previous"),
+            "serving": {
+                "version": served.version if served else None,
+                "provider": served.provider if served else None,
+                "worker_pid": os.getpid(),
+                "error": self.holder.error,
+            },
+            "versions": versions,
+        }
+
+    @admin.post("/models/promote")
+    def promote(self, body: PromoteRequest) -> Any:
+        """Make a version production (auth required when REFIT_API_TOKEN is set)."""
+        try:
+            aliases = self.registry.promote(self.settings.model_name, body.version)
+        except LookupError as exc:
+            return error(404, str(exc))
+        except RegistryError as exc:
+            return error(409, str(exc))
+        return {"model": self.settings.model_name, **aliases}
+
+    @admin.post("/models/rollback")
+    def rollback(self) -> Any:
+        """Swap production and previous (auth required when REFIT_API_TOKEN is set)."""
+        try:
+            aliases = self.registry.rollback(self.settings.model_name)
+        except RegistryError as exc:
+            return error(409, str(exc))
+        return {"model": self.settings.model_name, **aliases}
+
+    @admin.get("/jobs")
+    def list_jobs(self, limit: int = 50) -> dict[str, Any]:
+        """Retrain jobs, newest first, with phase and fraction done."""
+        limit = max(1, min(limit, 500))
+        return {
+            "jobs": [j.to_dict() for j in self.store.list_jobs(self.settings.model_name, limit)]
+        }
+
+    @admin.get("/jobs/{job_id}")
+    def get_job(self, job_id: str) -> Any:
+        job = self.store.get_job(job_id)
+        if job is None:
+            return error(404, f"no job {job_id!r}", fix="list jobs with GET /jobs")
+        return job.to_dict()
+
+
+# First added runs first: limits and auth before anything reads or stores the body.
+Refit.add_asgi_middleware(LimitsAndAuthMiddleware, settings=SETTINGS)
+Refit.add_asgi_middleware(RetrainSubmitMiddleware, settings=SETTINGS)

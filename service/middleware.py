@@ -1,0 +1,283 @@
+"""Pure ASGI middlewares: body-size limit, bearer-token auth, and retrain-submit validation.
+
+BentoML's `POST /<task>/submit` answers 200 for any body, so retrain data is validated,
+stored and turned into a queued job here, before the task is queued; the task then receives
+only the job id.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pydantic import ValidationError
+
+from service.schemas import RetrainOptions, RetrainRequest
+from service.settings import Settings
+from service.store import Store
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+PROTECTED = ("/retrain/", "/models/promote", "/models/rollback")
+SUBMIT_PATH = "/retrain/submit"
+UPLOAD_TYPES = {
+    "text/csv": "csv",
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/json": "json",
+}
+
+
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class LimitsAndAuthMiddleware:
+    """413 for bodies over the limit (by content-length, else while streaming); 401 for
+    write endpoints without the right bearer token when one is configured."""
+
+    def __init__(self, app, settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = settings or Settings()
+        token = self.settings.api_token
+        self._token = token.get_secret_value().encode() if token is not None else None
+
+    def _too_large(self) -> dict[str, Any]:
+        return {
+            "error": f"request body exceeds {self.settings.max_body_bytes} bytes",
+            "fix": "send fewer or shorter texts per request, or raise REFIT_MAX_BODY_BYTES",
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if self._token is not None and path.startswith(PROTECTED):
+            given = _header(scope, b"authorization") or ""
+            scheme, _, credential = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                credential.strip().encode(), self._token
+            ):
+                await send_json(
+                    send,
+                    401,
+                    {
+                        "error": "missing or wrong bearer token",
+                        "fix": "send `Authorization: Bearer <REFIT_API_TOKEN>`",
+                    },
+                    [(b"www-authenticate", b"Bearer")],
+                )
+                return
+        limit = self.settings.max_body_bytes
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await send_json(send, 413, self._too_large())
+            return
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            try:
+                body = await read_body(receive, limit)
+            except BodyTooLarge:
+                await send_json(send, 413, self._too_large())
+                return
+            receive = replay(body)
+        await self.app(scope, receive, send)
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_input=False)[:10]:
+        where = ".".join(str(x) for x in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+class RetrainSubmitMiddleware:
+    """Validates `POST /retrain/submit`, stores the examples and a queued job atomically,
+    and forwards `{"job_id": ...}` to BentoML's task queue. Answers 4xx before anything is
+    stored when the data cannot be trained on."""
+
+    def __init__(self, app, settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = settings or Settings()
+        self.store = Store(self.settings.store_path)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("path") != SUBMIT_PATH
+            or scope.get("method") != "POST"
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = await read_body(receive, self.settings.max_body_bytes)
+        try:
+            examples, options = self._parse(scope, body)
+            job = self._accept(examples, options)
+        except _Reject as reject:
+            await send_json(send, reject.status, {"error": reject.message, **reject.extra})
+            return
+        forwarded = json.dumps({"job_id": job.id}).encode()
+        headers = [
+            (k, v)
+            for k, v in scope["headers"]
+            if k.lower() not in (b"content-length", b"content-type")
+        ]
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(forwarded)).encode()),
+        ]
+        scope = {**scope, "headers": headers}
+
+        async def send_with_job(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-refit-job-id", job.id.encode())],
+                }
+            await send(message)
+
+        await self.app(scope, replay(forwarded), send_with_job)
+
+    def _parse(self, scope: Scope, body: bytes) -> tuple[list[tuple[Any, Any]], RetrainOptions]:
+        content_type = (
+            (_header(scope, b"content-type") or "application/json").split(";")[0].strip().lower()
+        )
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        if content_type == "application/json" and not query:
+            try:
+                request = RetrainRequest.model_validate_json(body)
+            except ValidationError as exc:
+                raise _Reject(400, f"invalid retrain request: {_format_validation(exc)}") from None
+            examples = [(e.text, e.label) for e in request.examples]
+            options = RetrainOptions(
+                strategy=request.strategy, mode=request.mode, promote=request.promote
+            )
+            return examples, options
+        fmt = UPLOAD_TYPES.get(content_type)
+        if fmt is None:
+            raise _Reject(
+                415,
+                f"unsupported content type {content_type!r}",
+                fix="send JSON {examples: [...]} or upload text/csv or application/x-ndjson with options as query parameters",
+            )
+        try:
+            options = RetrainOptions.model_validate(query)
+        except ValidationError as exc:
+            raise _Reject(400, f"invalid query parameters: {_format_validation(exc)}") from None
+        from training.data import DataError, parse_bytes  # pure Python: no torch
+
+        try:
+            dataset = parse_bytes(body, fmt, "upload", check_classes=False)
+        except DataError as exc:
+            raise _Reject(400, f"invalid examples: {exc}", problems=exc.problems[:20]) from None
+        return list(zip(dataset.texts, dataset.labels, strict=True)), options
+
+    def _accept(self, examples: list[tuple[Any, Any]], options: RetrainOptions):
+        from training.data import DataError, build_dataset, check_class_counts
+
+        limit = self.settings.max_examples_per_request
+        if len(examples) > limit:
+            raise _Reject(
+                413,
+                f"{len(examples)} examples in one request, the limit is {limit}",
+                fix="split the upload or raise REFIT_MAX_EXAMPLES_PER_REQUEST",
+            )
+        try:
+            dataset = build_dataset(
+                ((f"examples[{i}]", t, lab) for i, (t, lab) in enumerate(examples)),
+                check_classes=False,
+            )
+            model = self.settings.model_name
+            combined: dict[str, int] = {}
+            base = self.store.dataset(model) if options.mode == "append" else []
+            labeled = dict(base)
+            labeled.update(zip(dataset.texts, dataset.labels, strict=True))
+            for label in labeled.values():
+                combined[label] = combined.get(label, 0) + 1
+            check_class_counts(combined)
+        except DataError as exc:
+            raise _Reject(400, f"invalid examples: {exc}", problems=exc.problems[:20]) from None
+        job = self.store.create_job(
+            model,
+            options.model_dump(),
+            list(zip(dataset.texts, dataset.labels, strict=True)),
+            mode=options.mode,
+            source="http",
+            owner_pid=os.getpid(),
+        )
+        log.info("job %s queued: %d examples, mode %s", job.id, len(dataset), options.mode)
+        return job
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        self.status = status
+        self.message = message
+        self.extra = extra
+        super().__init__(message)

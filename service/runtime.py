@@ -1,0 +1,246 @@
+"""Inference: one immutable loaded model, swapped atomically; requests batched in-process.
+
+Imports only onnxruntime, tokenizers, numpy and `models` (a test checks that torch and
+transformers never load in an inference worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import ModelVersion, Registry, RegistryError
+
+log = logging.getLogger(__name__)
+
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+class ProviderError(RuntimeError):
+    """A GPU was required but the session runs on CPU."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """Everything a request needs, together: a request never sees two versions."""
+
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    session: Any  # onnxruntime.InferenceSession
+    tokenizer: Any  # tokenizers.Tokenizer
+    provider: str
+    strategy: str
+    macro_f1: float
+    loaded_at: float = field(default_factory=time.time)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        return self.session.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[0]
+
+
+def load_model(
+    mv: ModelVersion, *, threads: int, graph_optimization: str, device: str
+) -> LoadedModel:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, _OPT_LEVELS[graph_optimization]
+    )
+    providers = ["CPUExecutionProvider"]
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        if hasattr(ort, "preload_dlls"):
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # missing CUDA libraries: the session falls back to CPU
+                log.warning("onnxruntime.preload_dlls failed: %s", exc)
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    session = ort.InferenceSession(str(mv.onnx_path), options, providers=providers)
+    provider = session.get_providers()[0]
+    if device == "cuda" and provider != "CUDAExecutionProvider":
+        raise ProviderError(
+            f"REFIT_DEVICE=cuda but onnxruntime runs {mv.name}/{mv.version} on {provider} "
+            f"(available: {ort.get_available_providers()}); install the gpu extra on a GPU host or set REFIT_DEVICE=cpu"
+        )
+    model = LoadedModel(
+        name=mv.name,
+        version=mv.version,
+        labels=tuple(mv.metadata.labels),
+        session=session,
+        tokenizer=Tokenizer.from_file(str(mv.path / "tokenizer.json")),
+        provider=provider,
+        strategy=mv.metadata.strategy,
+        macro_f1=mv.metadata.metrics.macro_f1,
+    )
+    model.predict_proba(["warm up"])  # first run allocates; do it before serving
+    log.info("loaded %s/%s on %s (pid %d)", mv.name, mv.version, provider, os.getpid())
+    return model
+
+
+class ModelHolder:
+    """Watches the registry's alias file and swaps in a new production model.
+
+    The stat of `aliases.json` is cheap; loading happens outside the lock, the swap is one
+    reference assignment under it.
+    """
+
+    def __init__(
+        self, registry: Registry, name: str, *, threads: int, graph_optimization: str, device: str
+    ) -> None:
+        self.registry = registry
+        self.name = name
+        self._load_kwargs = {
+            "threads": threads,
+            "graph_optimization": graph_optimization,
+            "device": device,
+        }
+        self._lock = threading.Lock()
+        self._model: LoadedModel | None = None
+        self._seen: tuple[int, int, int] | None = None
+        self.error: str | None = None
+        self.failed_versions: dict[str, str] = {}
+        self.swaps = 0
+
+    @property
+    def model(self) -> LoadedModel | None:
+        with self._lock:
+            return self._model
+
+    def _alias_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self.registry.model_dir(self.name) / "aliases.json").stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def refresh(self) -> bool:
+        """Load the production version if it changed; True when a swap happened."""
+        stamp = self._alias_stamp()
+        if stamp is not None and stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            target = self.registry.resolve(self.name, "production")
+        except (RegistryError, LookupError):
+            self.error = f"model {self.name!r} has no production version yet"
+            return False
+        current = self.model
+        if current is not None and current.version == target:
+            return False
+        if target in self.failed_versions:
+            return False
+        try:
+            mv = self.registry.verify(self.name, target)
+            loaded = load_model(mv, **self._load_kwargs)
+        except ProviderError as exc:
+            self.error = str(exc)
+            log.error("%s", exc)
+            return False
+        except Exception as exc:  # a corrupt or unloadable version: keep serving the last good one
+            self.failed_versions[target] = str(exc)
+            self.error = f"cannot load {self.name}/{target}: {exc}"
+            log.error("%s; still serving %s", self.error, current.version if current else "nothing")
+            return False
+        with self._lock:
+            self._model = loaded
+        self.error = None
+        self.swaps += 1
+        log.info("now serving %s/%s", self.name, loaded.version)
+        return True
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Gathers concurrent requests for up to `max_latency_ms` (or `max_texts`) and runs
+    one onnxruntime call for all of them in a thread, against one model snapshot."""
+
+    def __init__(
+        self, holder: ModelHolder, *, max_texts: int, max_latency_ms: float, on_batch=None
+    ) -> None:
+        self.holder = holder
+        self.max_texts = max_texts
+        self.max_latency = max_latency_ms / 1000
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._task: asyncio.Task | None = None
+
+    def _ensure_started(self) -> asyncio.Queue[_Pending]:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return self._queue
+
+    async def submit(self, texts: list[str]) -> tuple[LoadedModel, np.ndarray]:
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self._ensure_started().put(_Pending(texts, future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            size = len(first.texts)
+            deadline = loop.time() + self.max_latency
+            while size < self.max_texts:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+                batch.append(item)
+                size += len(item.texts)
+            await self._infer(batch, size)
+
+    async def _infer(self, batch: list[_Pending], size: int) -> None:
+        model = self.holder.model
+        if model is None:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(RuntimeError("no model loaded"))
+            return
+        texts = [t for item in batch for t in item.texts]
+        started = time.perf_counter()
+        try:
+            probs = await asyncio.to_thread(model.predict_proba, texts)
+        except Exception as exc:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        if self.on_batch is not None:
+            self.on_batch(model, size, time.perf_counter() - started)
+        offset = 0
+        for item in batch:
+            n = len(item.texts)
+            if not item.future.done():
+                item.future.set_result((model, probs[offset : offset + n]))
+            offset += n

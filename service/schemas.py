@@ -1,0 +1,52 @@
+"""HTTP request and response bodies."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Example(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    label: str
+
+
+class RetrainRequest(BaseModel):
+    """Body of `POST /retrain/submit` (JSON). CSV/JSONL bodies carry the options as query parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    examples: list[Example] = Field(min_length=1)
+    strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto"
+    mode: Literal["append", "replace"] = "append"
+    promote: Literal["auto", "always", "never"] = "auto"
+
+
+class RetrainOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto"
+    mode: Literal["append", "replace"] = "append"
+    promote: Literal["auto", "always", "never"] = "auto"
+
+
+class TopLabel(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+    top: list[TopLabel]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    predictions: list[Prediction]
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(min_length=1, max_length=100)

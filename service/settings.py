@@ -1,0 +1,101 @@
+"""Service settings: one pydantic-settings class, environment prefix `REFIT_`, read once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models import validate_model_name
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REFIT_", extra="ignore")
+
+    home: Path = Field(Path(".refit"), description="registry root, job store and caches")
+    model_name: str = Field("default", description="the model this service serves and retrains")
+    host: str = Field("0.0.0.0", description="address to bind")
+    port: int = Field(3000, ge=1, le=65535, description="HTTP port")
+    workers: int = Field(2, ge=1, le=64, description="inference worker processes")
+    threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per worker")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime graph optimisation level"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="cuda: require the CUDA provider (not ready without it); auto: use it when present",
+    )
+    max_batch_texts: int = Field(
+        64, ge=1, le=4096, description="texts merged into one onnxruntime call"
+    )
+    max_latency_ms: float = Field(
+        5.0, ge=0, le=1000, description="how long a batch waits for more requests"
+    )
+    max_texts_per_request: int = Field(256, ge=1, description="texts per /predict call")
+    max_text_chars: int = Field(10_000, ge=1, description="characters per text")
+    max_examples_per_request: int = Field(100_000, ge=2, description="examples per retrain request")
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="request body size limit (413 beyond)"
+    )
+    max_top_k: int = Field(100, ge=1, description="largest top_k accepted")
+    api_token: SecretStr | None = Field(
+        None, description="when set, retrain/promote/rollback need `Authorization: Bearer <token>`"
+    )
+    promotion_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="challenger may be this much worse in macro-F1 and still be promoted",
+    )
+    swap_poll_s: float = Field(
+        1.0, gt=0, le=60, description="how often workers look for a new production version"
+    )
+    trainer_threads: int = Field(1, ge=1, le=64, description="torch threads of the trainer process")
+    feature_extraction_below: int = Field(
+        16, ge=2, description="policy: k below this -> feature extraction"
+    )
+    fine_tuning_at: int = Field(64, ge=2, description="policy: k at or above this -> fine-tuning")
+    time_budget_s: float = Field(1800, gt=0, description="policy: fine-tuning time budget per job")
+    default_data: Path | None = Field(
+        None,
+        description="CSV to train the first model from when the registry is empty (default: shipped examples)",
+    )
+    log_texts: bool = Field(
+        False, description="log request texts (off: texts never reach the logs)"
+    )
+    graceful_shutdown_s: int = Field(
+        30, ge=0, description="drain time for in-flight requests on SIGTERM"
+    )
+
+    @field_validator("model_name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return validate_model_name(value)
+
+    @field_validator("api_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() == "":
+            return None
+        if value is not None and len(value.get_secret_value()) < 8:
+            raise ValueError("REFIT_API_TOKEN must be at least 8 characters (or unset)")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered_thresholds(self) -> Settings:
+        if self.fine_tuning_at < self.feature_extraction_below:
+            raise ValueError(
+                f"REFIT_FINE_TUNING_AT ({self.fine_tuning_at}) must be >= "
+                f"REFIT_FEATURE_EXTRACTION_BELOW ({self.feature_extraction_below})"
+            )
+        return self
+
+    @property
+    def root(self) -> Path:
+        return self.home.resolve()
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "refit.sqlite"

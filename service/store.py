@@ -1,0 +1,324 @@
+"""Durable state shared by every worker and the trainer process: one SQLite file.
+
+- `examples`: every accepted labeled example, in batches; a `replace` batch starts a new
+  dataset, an `append` batch adds to the current one.
+- `jobs`: one row per retrain job with its phase, progress, result and error, so that job
+  history survives restarts (BentoML's task store is not a durable history).
+
+Writers use short transactions in WAL mode; readers never block writers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    mode TEXT NOT NULL CHECK (mode IN ('append', 'replace')),
+    job_id TEXT,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS examples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_id INTEGER NOT NULL REFERENCES batches(id),
+    text TEXT NOT NULL,
+    label TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS examples_batch ON examples(batch_id);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    request TEXT NOT NULL,
+    batch_id INTEGER,
+    phase TEXT NOT NULL DEFAULT 'queued',
+    fraction REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    result TEXT,
+    error TEXT,
+    pid INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_model_state ON jobs(model, state);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    model: str
+    state: str
+    request: dict[str, Any]
+    batch_id: int | None
+    phase: str
+    fraction: float
+    message: str
+    result: dict[str, Any] | None
+    error: str | None
+    pid: int | None
+    cancel_requested: bool
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "state": self.state,
+            "phase": self.phase,
+            "fraction": round(self.fraction, 4),
+            "message": self.message,
+            "request": self.request,
+            "result": self.result,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        model=row["model"],
+        state=row["state"],
+        request=json.loads(row["request"]),
+        batch_id=row["batch_id"],
+        phase=row["phase"],
+        fraction=row["fraction"],
+        message=row["message"],
+        result=json.loads(row["result"]) if row["result"] else None,
+        error=row["error"],
+        pid=row["pid"],
+        cancel_requested=bool(row["cancel_requested"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db:
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- examples --------------------------------------------------------------------------
+    def dataset(self, model: str, *, upto_batch: int | None = None) -> list[tuple[str, str]]:
+        """The current dataset: the latest `replace` batch and every batch after it.
+
+        A text labeled twice keeps its latest label (a correction), in first-seen order.
+        """
+        with closing(self._connect()) as db:
+            limit = upto_batch if upto_batch is not None else 2**62
+            start = db.execute(
+                "SELECT COALESCE(MAX(id), 0) FROM batches WHERE model=? AND mode='replace' AND id<=?",
+                (model, limit),
+            ).fetchone()[0]
+            rows = db.execute(
+                "SELECT e.text, e.label FROM examples e JOIN batches b ON e.batch_id=b.id "
+                "WHERE b.model=? AND b.id>=? AND b.id<=? ORDER BY e.id",
+                (model, start, limit),
+            ).fetchall()
+        latest: dict[str, str] = {}
+        for text, label in rows:
+            latest.pop(text, None)
+            latest[text] = label
+        return list(latest.items())
+
+    def counts(self, model: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, label in self.dataset(model):
+            out[label] = out.get(label, 0) + 1
+        return out
+
+    def example_count(self) -> int:
+        with closing(self._connect()) as db:
+            return int(db.execute("SELECT COUNT(*) FROM examples").fetchone()[0])
+
+    # -- jobs ------------------------------------------------------------------------------
+    def create_job(
+        self,
+        model: str,
+        request: dict[str, Any],
+        examples: Sequence[tuple[str, str]],
+        *,
+        mode: str,
+        source: str,
+        owner_pid: int | None = None,
+    ) -> Job:
+        """Store the examples and a queued job in one transaction: both or neither."""
+        job_id = uuid.uuid4().hex[:16]
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO batches (model, mode, job_id, source, created_at) VALUES (?, ?, ?, ?, ?)",
+                (model, mode, job_id, source, now),
+            )
+            batch_id = cur.lastrowid
+            db.executemany(
+                "INSERT INTO examples (batch_id, text, label) VALUES (?, ?, ?)",
+                [(batch_id, t, label) for t, label in examples],
+            )
+            db.execute(
+                "INSERT INTO jobs (id, model, state, request, batch_id, pid, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                (job_id, model, json.dumps(request), batch_id, owner_pid, now),
+            )
+        job = self.get_job(job_id)
+        assert job is not None
+        return job
+
+    def get_job(self, job_id: str) -> Job | None:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def list_jobs(self, model: str | None = None, limit: int = 50) -> list[Job]:
+        with closing(self._connect()) as db:
+            if model is None:
+                rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+            else:
+                rows = db.execute(
+                    "SELECT * FROM jobs WHERE model=? ORDER BY created_at DESC LIMIT ?",
+                    (model, limit),
+                )
+            return [_job(r) for r in rows.fetchall()]
+
+    def next_in_line(self, model: str) -> str | None:
+        """The oldest active job of a model: jobs run one at a time, in submit order."""
+        with closing(self._connect()) as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE model=? AND state IN ('queued', 'running') "
+                "ORDER BY created_at, rowid LIMIT 1",
+                (model,),
+            ).fetchone()
+        return row[0] if row else None
+
+    def mark_running(self, job_id: str, pid: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state='running', pid=?, started_at=?, phase='validating' WHERE id=? AND state='queued'",
+                (pid, time.time(), job_id),
+            )
+
+    def set_progress(self, job_id: str, phase: str, fraction: float, message: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET phase=?, fraction=?, message=? WHERE id=? AND state='running'",
+                (phase, fraction, message, job_id),
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        if state not in FINAL_STATES:
+            raise ValueError(f"state must be one of {FINAL_STATES}, got {state!r}")
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state=?, result=?, error=?, finished_at=?, "
+                "phase=CASE WHEN ?='succeeded' THEN 'done' ELSE phase END, "
+                "fraction=CASE WHEN ?='succeeded' THEN 1.0 ELSE fraction END "
+                "WHERE id=? AND state IN ('queued', 'running')",
+                (
+                    state,
+                    json.dumps(result) if result is not None else None,
+                    error,
+                    time.time(),
+                    state,
+                    state,
+                    job_id,
+                ),
+            )
+
+    def request_cancel(self, job_id: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET cancel_requested=1 WHERE id=? AND state IN ('queued', 'running')",
+                (job_id,),
+            )
+            return cur.rowcount == 1
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def reconcile(self, *, owner_alive=_pid_alive) -> list[str]:
+        """Mark active jobs whose owner died as interrupted.
+
+        The owner is the worker that queued the job until the trainer starts, then the
+        trainer process; after a restart no old owner is alive.
+        """
+        interrupted = []
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, state, pid FROM jobs WHERE state IN ('queued', 'running')"
+            ).fetchall()
+            for row in rows:
+                if owner_alive(row["pid"]):
+                    continue
+                db.execute(
+                    "UPDATE jobs SET state='interrupted', finished_at=?, error=? WHERE id=?",
+                    (
+                        time.time(),
+                        "the service stopped before this job finished; submit it again",
+                        row["id"],
+                    ),
+                )
+                interrupted.append(row["id"])
+        return interrupted

@@ -1,0 +1,181 @@
+"""The trainer process: `python -m service.trainer JOB_ID` runs one retrain job.
+
+It is a separate OS process from every inference worker, so torch never loads there and a
+long job never stalls predictions. It reads the job and its data from the store, reports
+progress back to it, publishes a version, applies the promotion gate and records the result.
+If it dies, the version is either fully published or absent, and `Store.reconcile` marks
+the job interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from models import Metrics, Registry, RegistryError
+from service.settings import Settings
+from service.store import Store
+
+log = logging.getLogger("service.trainer")
+
+
+def _metric_summary(m: Metrics | None) -> dict[str, Any] | None:
+    return None if m is None else {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "count": m.count}
+
+
+def champion_metrics(
+    registry: Registry, name: str, texts: list[str], labels: list[str]
+) -> tuple[str, Metrics] | None:
+    """The production model's metrics on the challenger's held-out examples.
+
+    Labels the champion does not know count as errors, so a challenger that learned a new
+    class is not penalised for it.
+    """
+    from training.evaluate import OnnxRunner, compute_metrics
+
+    try:
+        mv = registry.verify(name, "production")
+    except (RegistryError, LookupError):
+        return None
+    runner = OnnxRunner(mv.onnx_path, mv.path / "tokenizer.json")
+    predicted = [mv.metadata.labels[i] for i in runner.predict_proba(texts).argmax(axis=1)]
+    vocab = sorted(set(labels) | set(predicted))
+    index = {label: i for i, label in enumerate(vocab)}
+    metrics = compute_metrics(
+        [index[x] for x in labels], [index[x] for x in predicted], vocab, with_confusion=False
+    )
+    return mv.version, metrics
+
+
+def gate(
+    promote: str, challenger: Metrics, champion: Metrics | None, tolerance: float
+) -> tuple[bool, str]:
+    if promote == "never":
+        return False, "promote=never: kept as a candidate"
+    if promote == "always":
+        return True, "promote=always"
+    if champion is None:
+        return True, "no production model yet"
+    if challenger.macro_f1 >= champion.macro_f1 - tolerance:
+        return True, (
+            f"challenger macro-F1 {challenger.macro_f1:.4f} >= champion {champion.macro_f1:.4f}"
+            f" - tolerance {tolerance:g} on the same {challenger.count} held-out examples"
+        )
+    return False, (
+        f"challenger macro-F1 {challenger.macro_f1:.4f} < champion {champion.macro_f1:.4f}"
+        f" - tolerance {tolerance:g} on the same {challenger.count} held-out examples: kept as a candidate"
+    )
+
+
+def run_job(job_id: str, settings: Settings) -> int:
+    from training import Cancelled, DataError, PolicyThresholds, TrainConfig
+    from training.pipeline import train
+
+    store = Store(settings.store_path)
+    registry = Registry(settings.root)
+    job = store.get_job(job_id)
+    if job is None:
+        log.error("job %s not found", job_id)
+        return 2
+    store.mark_running(job_id, os.getpid())
+    request = job.request
+    last = {"t": 0.0, "cancel_t": 0.0, "cancel": False}
+
+    def progress(event) -> None:
+        now = time.monotonic()
+        if now - last["t"] >= 0.5 or event.phase in ("done", "publishing"):
+            last["t"] = now
+            store.set_progress(job_id, event.phase, event.fraction, event.message)
+
+    def cancel() -> bool:
+        now = time.monotonic()
+        if now - last["cancel_t"] >= 1.0:
+            last["cancel_t"] = now
+            last["cancel"] = store.cancel_requested(job_id)
+        return bool(last["cancel"])
+
+    try:
+        data = store.dataset(job.model, upto_batch=job.batch_id)
+        config = TrainConfig(
+            name=job.model,
+            strategy=request.get("strategy", "auto"),
+            threads=settings.trainer_threads,
+            cache_dir=settings.root / ".cache",
+            thresholds=PolicyThresholds(
+                feature_extraction_below=settings.feature_extraction_below,
+                fine_tuning_at=settings.fine_tuning_at,
+                time_budget_s=settings.time_budget_s,
+            ),
+        )
+        result = train(
+            data,
+            config,
+            registry=registry,
+            progress=progress,
+            cancel=cancel,
+            extra_metadata={"job_id": job_id},
+        )
+        meta = result.metadata
+        val = result.validation
+        champion = champion_metrics(registry, job.model, list(val.texts), list(val.labels))
+        champion_version, champion_m = champion if champion else (None, None)
+        promote, why = gate(
+            request.get("promote", "auto"), meta.metrics, champion_m, settings.promotion_tolerance
+        )
+        if promote:
+            registry.promote(job.model, meta.version)
+        outcome = {
+            "model": job.model,
+            "version": meta.version,
+            "strategy": meta.strategy,
+            "reason": meta.reason,
+            "policy_inputs": meta.policy_inputs,
+            "counts": meta.data.per_class,
+            "examples": meta.data.count,
+            "mode": request.get("mode", "append"),
+            "challenger": _metric_summary(meta.metrics),
+            "champion": _metric_summary(champion_m),
+            "champion_version": champion_version,
+            "promoted": promote,
+            "promotion_reason": why,
+            "timings": result.timings,
+        }
+        store.finish(job_id, "succeeded", result=outcome)
+        log.info(
+            "job %s: %s/%s %s, promoted=%s (%s)",
+            job_id,
+            job.model,
+            meta.version,
+            meta.strategy,
+            promote,
+            why,
+        )
+        return 0
+    except Cancelled:
+        store.finish(job_id, "cancelled", error="cancelled on request; nothing was published")
+        return 0
+    except (DataError, ValueError) as exc:
+        store.finish(job_id, "failed", error=str(exc))
+        return 0
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        store.finish(
+            job_id, "failed", error=f"internal error ({type(exc).__name__}); see the service log"
+        )
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.stderr.write("usage: python -m service.trainer JOB_ID\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s trainer: %(message)s")
+    return run_job(argv[0], Settings())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
