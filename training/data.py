@@ -10,7 +10,6 @@ import csv
 import hashlib
 import io
 import json
-import random
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -276,16 +275,23 @@ def load_dataset(
 
 
 def stratified_split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Per class: at least one validation and one training example; independent of input order."""
-    rng = random.Random(seed)
+    """Per class: at least one validation and one training example.
+
+    Members are ranked by a seeded hash of their text, not shuffled: the split does not
+    depend on input order, and an example stays on the same side as its class grows, so a
+    champion and a later challenger are compared on examples neither trained on (mostly).
+    """
     by_class: dict[str, list[int]] = {}
     for i, label in enumerate(dataset.labels):
         by_class.setdefault(label, []).append(i)
+
+    def rank(i: int) -> str:
+        return hashlib.sha256(f"{seed}:{dataset.texts[i]}".encode()).hexdigest()
+
     train_idx: list[int] = []
     val_idx: list[int] = []
     for label in sorted(by_class):
-        members = sorted(by_class[label], key=lambda i: dataset.texts[i])
-        rng.shuffle(members)
+        members = sorted(by_class[label], key=rank)
         n_val = min(max(1, round(fraction * len(members))), len(members) - 1)
         val_idx.extend(members[:n_val])
         train_idx.extend(members[n_val:])
