@@ -187,6 +187,7 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
+        self._last_requests = 0
 
     def _ensure_started(self) -> asyncio.Queue[_Pending]:
         if self._queue is None:
@@ -206,8 +207,16 @@ class MicroBatcher:
             first = await self._queue.get()
             batch = [first]
             size = len(first.texts)
-            deadline = loop.time() + self.max_latency
+            # Wait for company only when the last batch had some: a lone client (concurrency 1)
+            # is never delayed; under load, requests also queue up while a batch runs.
+            wait = self.max_latency if self._last_requests > 1 else 0.0
+            deadline = loop.time() + wait
             while size < self.max_texts:
+                if not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    batch.append(item)
+                    size += len(item.texts)
+                    continue
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     break
@@ -217,6 +226,7 @@ class MicroBatcher:
                     break
                 batch.append(item)
                 size += len(item.texts)
+            self._last_requests = len(batch)
             await self._infer(batch, size)
 
     async def _infer(self, batch: list[_Pending], size: int) -> None:

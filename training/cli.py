@@ -210,6 +210,43 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """Jobs from the service's store (`<home>/refit.sqlite`); works with the service down."""
+    from service.store import Store
+
+    home = Path(args.home) if args.home else Registry().root
+    path = home / "refit.sqlite"
+    if not path.is_file():
+        _err(f"no job store at {path}; start the service (make serve) or pass --home")
+        return EXIT_BAD_INPUT
+    store = Store(path)
+    if args.job_id:
+        job = store.get_job(args.job_id)
+        if job is None:
+            _err(f"no job {args.job_id!r}; list them with `refit jobs`")
+            return EXIT_BAD_INPUT
+        jobs = [job]
+    else:
+        jobs = store.list_jobs(limit=args.limit)
+    if args.json:
+        _out(json.dumps([j.to_dict() for j in jobs] if not args.job_id else jobs[0].to_dict()))
+        return 0
+    if not jobs:
+        _out("no jobs yet")
+    for job in jobs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
+        line = f"{job.id}  {when}  {job.model}  {job.state:<11} {job.phase:<10} {100 * job.fraction:5.1f}%"
+        if job.result:
+            r = job.result
+            line += f"  {r['strategy']} -> {r['version']} promoted={r['promoted']}"
+        elif job.error:
+            line += f"  {job.error}"
+        elif job.message:
+            line += f"  {job.message}"
+        _out(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refit", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -252,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
+
+    j = sub.add_parser("jobs", help="retrain jobs of the service: phase, progress, result")
+    j.add_argument("job_id", nargs="?", default=None)
+    j.add_argument("--limit", type=int, default=20)
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(func=cmd_jobs)
     return parser
 
 

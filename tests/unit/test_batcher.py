@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.runtime import MicroBatcher
+
+
+@dataclass
+class RecordingModel:
+    """A test double for LoadedModel: probability 1 on the text's length mod 3."""
+
+    version: str = "v1"
+    calls: list[int] = field(default_factory=list)
+    delay: float = 0.0
+
+    def predict_proba(self, texts):
+        self.calls.append(len(texts))
+        time.sleep(self.delay)
+        out = np.zeros((len(texts), 3), dtype=np.float32)
+        out[np.arange(len(texts)), [len(t) % 3 for t in texts]] = 1.0
+        return out
+
+
+class Holder:
+    def __init__(self, model) -> None:
+        self._model = model
+        self._lock = threading.Lock()
+
+    @property
+    def model(self):
+        with self._lock:
+            return self._model
+
+    def swap(self, model) -> None:
+        with self._lock:
+            self._model = model
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_one_call_and_keep_their_order() -> None:
+    model = RecordingModel(delay=0.05)
+    batcher = MicroBatcher(Holder(model), max_texts=64, max_latency_ms=5)
+
+    async def go():
+        first = asyncio.create_task(batcher.submit(["warm"]))  # occupies the runner
+        await asyncio.sleep(0.01)
+        texts = [["a", "bb"], ["ccc"], ["dddd", "e", "ff"]]
+        results = await asyncio.gather(*(batcher.submit(t) for t in texts))
+        await first
+        return texts, results
+
+    texts, results = run(go())
+    assert model.calls == [1, 6]  # the three requests queued during the first call: one call
+    for sent, (served, probs) in zip(texts, results, strict=True):
+        assert served is model
+        assert probs.argmax(axis=1).tolist() == [len(t) % 3 for t in sent]
+
+
+def test_a_lone_client_is_not_delayed() -> None:
+    batcher = MicroBatcher(Holder(RecordingModel()), max_texts=64, max_latency_ms=200)
+
+    async def go():
+        start = time.perf_counter()
+        await batcher.submit(["x"])
+        await batcher.submit(["y"])
+        return time.perf_counter() - start
+
+    assert run(go()) < 0.15  # two sequential requests, no 200 ms batching wait
+
+
+def test_one_batch_one_version_across_a_swap() -> None:
+    old, new = RecordingModel("v1", delay=0.05), RecordingModel("v2")
+    holder = Holder(old)
+    batcher = MicroBatcher(holder, max_texts=64, max_latency_ms=5)
+
+    async def go():
+        first = asyncio.create_task(batcher.submit(["a"]))
+        await asyncio.sleep(0.01)
+        holder.swap(new)
+        second = await batcher.submit(["b", "c"])
+        return await first, second
+
+    (m1, _), (m2, p2) = run(go())
+    assert (m1.version, m2.version) == ("v1", "v2")
+    assert p2.shape == (2, 3)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from models import Metrics
+from service.settings import Settings
+from service.trainer import gate
+from tests.conftest import REPO
+
+
+def m(f1: float) -> Metrics:
+    return Metrics(accuracy=f1, macro_f1=f1, count=10)
+
+
+@pytest.mark.parametrize(
+    ("promote", "challenger", "champion", "tolerance", "expected", "why"),
+    [
+        ("auto", 0.8, 0.8, 0.0, True, "challenger macro-F1 0.8000 >= champion 0.8000"),
+        ("auto", 0.79, 0.8, 0.0, False, "kept as a candidate"),
+        ("auto", 0.79, 0.8, 0.02, True, "- tolerance 0.02"),
+        ("auto", 0.1, None, 0.0, True, "no production model yet"),
+        ("never", 0.99, 0.1, 0.0, False, "promote=never"),
+        ("always", 0.1, 0.99, 0.0, True, "promote=always"),
+    ],
+)
+def test_promotion_gate(promote, challenger, champion, tolerance, expected, why) -> None:
+    promoted, reason = gate(
+        promote, m(challenger), m(champion) if champion is not None else None, tolerance
+    )
+    assert promoted is expected
+    assert why in reason
+
+
+def test_settings_refuse_unsafe_values(monkeypatch) -> None:
+    monkeypatch.setenv("REFIT_API_TOKEN", "short")
+    with pytest.raises(ValidationError, match="REFIT_API_TOKEN must be at least 8 characters"):
+        Settings()
+    monkeypatch.setenv("REFIT_API_TOKEN", "long-enough-token")
+    monkeypatch.setenv("REFIT_MODEL_NAME", "../etc")
+    with pytest.raises(ValidationError, match="must not contain"):
+        Settings()
+    monkeypatch.setenv("REFIT_MODEL_NAME", "ok")
+    monkeypatch.setenv("REFIT_FINE_TUNING_AT", "8")
+    with pytest.raises(
+        ValidationError,
+        match=r"REFIT_FINE_TUNING_AT \(8\) must be >= REFIT_FEATURE_EXTRACTION_BELOW \(16\)",
+    ):
+        Settings()
+    monkeypatch.delenv("REFIT_FINE_TUNING_AT")
+    settings = Settings()
+    assert settings.api_token is not None and "long-enough-token" not in repr(settings)
+
+
+def test_inference_side_never_imports_torch_or_transformers() -> None:
+    code = (
+        "import sys, service.app, service.runtime, service.middleware, service.store;"
+        "from training.data import parse_bytes; parse_bytes(b'text,label\\na,x\\nb,x\\nc,y\\nd,y\\n', 'csv');"
+        "bad = [m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from service.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "refit.sqlite")
+
+
+def test_append_builds_on_replace_and_latest_label_wins(store: Store) -> None:
+    store.create_job("m", {}, [("a", "x"), ("b", "y")], mode="append", source="t")
+    store.create_job("m", {}, [("c", "x"), ("a", "z")], mode="append", source="t")
+    assert store.dataset("m") == [("b", "y"), ("c", "x"), ("a", "z")]
+    third = store.create_job("m", {}, [("d", "x"), ("e", "y")], mode="replace", source="t")
+    store.create_job("m", {}, [("f", "y")], mode="append", source="t")
+    assert store.dataset("m") == [("d", "x"), ("e", "y"), ("f", "y")]
+    # a job sees the data as of its own batch, not later submissions
+    assert store.dataset("m", upto_batch=third.batch_id) == [("d", "x"), ("e", "y")]
+    assert store.dataset("other") == []
+
+
+def test_jobs_run_in_submit_order_one_at_a_time(store: Store) -> None:
+    first = store.create_job("m", {"mode": "append"}, [("a", "x")], mode="append", source="t")
+    second = store.create_job("m", {}, [("b", "x")], mode="append", source="t")
+    assert store.next_in_line("m") == first.id
+    store.mark_running(first.id, pid=1)
+    store.set_progress(first.id, "training", 0.5, "epoch 1/2")
+    job = store.get_job(first.id)
+    assert (job.state, job.phase, job.fraction, job.message) == (
+        "running",
+        "training",
+        0.5,
+        "epoch 1/2",
+    )
+    store.finish(first.id, "succeeded", result={"version": "v1"})
+    assert store.get_job(first.id).result == {"version": "v1"}
+    assert store.get_job(first.id).phase == "done"
+    assert store.next_in_line("m") == second.id
+    store.finish(first.id, "failed", error="late")  # a final state is never overwritten
+    assert store.get_job(first.id).state == "succeeded"
+
+
+def test_failed_insert_stores_neither_examples_nor_job(store: Store) -> None:
+    with pytest.raises(sqlite3.Error):
+        store.create_job("m", {}, [("a", "x"), (None, "y")], mode="append", source="t")  # type: ignore[list-item]
+    assert store.example_count() == 0
+    assert store.list_jobs() == []
+
+
+def test_reconcile_marks_jobs_of_dead_owners_interrupted(store: Store) -> None:
+    alive = store.create_job("m", {}, [("a", "x")], mode="append", source="t", owner_pid=10)
+    dead_queued = store.create_job("m", {}, [("b", "x")], mode="append", source="t", owner_pid=11)
+    dead_running = store.create_job("n", {}, [("c", "x")], mode="append", source="t", owner_pid=10)
+    store.mark_running(dead_running.id, pid=12)
+    interrupted = store.reconcile(owner_alive=lambda pid: pid == 10)
+    assert sorted(interrupted) == sorted([dead_queued.id, dead_running.id])
+    assert store.get_job(alive.id).state == "queued"
+    job = store.get_job(dead_running.id)
+    assert job.state == "interrupted"
+    assert job.error == "the service stopped before this job finished; submit it again"
+
+
+def test_cancel_flag(store: Store) -> None:
+    job = store.create_job("m", {}, [("a", "x")], mode="append", source="t")
+    assert not store.cancel_requested(job.id)
+    assert store.request_cancel(job.id)
+    assert store.cancel_requested(job.id)
+    store.finish(job.id, "cancelled")
+    assert not store.request_cancel(job.id)
