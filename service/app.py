@@ -193,10 +193,11 @@ class Refit:
 
     async def _run_job(self, job_id: str) -> dict[str, Any]:
         model = self.settings.model_name
-        while (turn := self.store.next_in_line(model)) != job_id:
-            if turn is None:  # our job was cancelled or reconciled away while waiting
-                break
-            await asyncio.to_thread(self.store.reconcile)
+        while self.store.next_in_line(model) != job_id:
+            waiting = self.store.get_job(job_id)
+            if waiting is None or waiting.state not in ACTIVE_STATES:
+                break  # cancelled or reconciled away while queued
+            await asyncio.to_thread(self.store.reconcile)  # frees the line if a trainer died
             await asyncio.sleep(1.0)
         job = self.store.get_job(job_id)
         if job is None or job.state not in ACTIVE_STATES:
@@ -313,6 +314,21 @@ class Refit:
         return {
             "jobs": [j.to_dict() for j in self.store.list_jobs(self.settings.model_name, limit)]
         }
+
+    @admin.post("/jobs/{job_id}/cancel")
+    def cancel_job(self, job_id: str) -> Any:
+        """Cancel a queued or running job; nothing is published (auth required)."""
+        job = self.store.get_job(job_id)
+        if job is None:
+            return error(404, f"no job {job_id!r}", fix="list jobs with GET /jobs")
+        if job.state not in ACTIVE_STATES:
+            return error(409, f"job {job_id} already {job.state}; nothing to cancel")
+        self.store.request_cancel(job_id)
+        if job.state == "queued":
+            self.store.finish(job_id, "cancelled", error="cancelled before it started")
+        updated = self.store.get_job(job_id)
+        assert updated is not None
+        return updated.to_dict()
 
     @admin.get("/jobs/{job_id}")
     def get_job(self, job_id: str) -> Any:

@@ -117,7 +117,10 @@ class LimitsAndAuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if self._token is not None and path.startswith(PROTECTED):
+        protected = path.startswith(PROTECTED) or (
+            path.startswith("/jobs/") and path.endswith("/cancel")
+        )
+        if self._token is not None and protected:
             given = _header(scope, b"authorization") or ""
             scheme, _, credential = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(

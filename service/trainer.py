@@ -80,6 +80,9 @@ def run_job(job_id: str, settings: Settings) -> int:
     if job is None:
         log.error("job %s not found", job_id)
         return 2
+    if job.cancel_requested or job.state != "queued":
+        store.finish(job_id, "cancelled", error="cancelled before it started")
+        return 0
     store.mark_running(job_id, os.getpid())
     request = job.request
     last = {"t": 0.0, "cancel_t": 0.0, "cancel": False}

@@ -294,6 +294,31 @@ def test_csv_upload_wrong_type_and_bad_rows(server: Server) -> None:
     assert db_state(server) == before
 
 
+def test_cancel_a_running_job_publishes_nothing(server: Server) -> None:
+    rows = banking77_slice("train", FIVE, per_class=30, seed=5)
+    with server.client() as c:
+        versions = [v["version"] for v in c.get("/models").json()["versions"]]
+        r = submit(
+            c, {"examples": [{"text": t, "label": y} for t, y in rows], "strategy": "fine_tuning"}
+        )
+        job_id = r.headers["X-Refit-Job-Id"]
+        deadline = time.monotonic() + 120
+        while c.get(f"/jobs/{job_id}").json()["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert server.client(token=None).post(f"/jobs/{job_id}/cancel").status_code == 401
+        assert c.post(f"/jobs/{job_id}/cancel").status_code == 200
+        job, _ = wait_job(c, job_id, timeout=120)
+        assert job["state"] == "cancelled", job
+        assert "nothing was published" in job["error"]
+        assert [v["version"] for v in c.get("/models").json()["versions"]] == versions
+        r = c.post(f"/jobs/{job_id}/cancel")
+        assert (
+            r.status_code == 409
+            and r.json()["error"] == f"job {job_id} already cancelled; nothing to cancel"
+        )
+
+
 def test_metrics_expose_predictions_models_and_jobs(server: Server) -> None:
     text = httpx.get(f"{server.url}/metrics", timeout=30).text
     models = httpx.get(f"{server.url}/models", timeout=30).json()
