@@ -157,6 +157,7 @@ def main() -> int:
     texts, labels = list(train_set.texts), list(train_set.labels)
     speeds = []
     if use_cuda:
+        finetune_speed(args.backbone, texts, labels, "cuda", 256)  # warm-up: CUDA context, kernels
         speeds.append(finetune_speed(args.backbone, texts, labels, "cuda", 2048))
         log(f"cuda fine-tuning: {speeds[-1]}")
     speeds.append(finetune_speed(args.backbone, texts, labels, "cpu", 128 if use_cuda else 64))

@@ -171,7 +171,7 @@ def fine_tune(
                     epoch,
                     step,
                     total,
-                    float(loss),
+                    loss.detach().item(),
                     scheduler.get_last_lr()[0],
                     1000 * elapsed / step,
                 )
