@@ -12,13 +12,14 @@ Measures, in one run on one machine:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
+import http.client
 import json
 import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -78,44 +79,66 @@ def raw_ort(model_dir: Path, texts: list[str], threads: int, n_latency: int) -> 
     }
 
 
-async def http_latency(url: str, texts: list[str]) -> list[float]:
+class _Conn:
+    """A keep-alive HTTP/1.1 connection (stdlib): the load generator shares the 2 cores
+    with the service, so it must cost as little CPU per request as possible."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
+
+    def predict(self, text: str) -> int:
+        self.conn.request(
+            "POST", "/predict", json.dumps({"texts": [text]}), {"content-type": "application/json"}
+        )
+        response = self.conn.getresponse()
+        response.read()
+        return response.status
+
+
+def http_latency(url: str, texts: list[str]) -> list[float]:
+    conn = _Conn(url)
+    for t in texts[:20]:
+        conn.predict(t)
     out = []
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        for t in texts[:20]:
-            await client.post("/predict", json={"texts": [t]})
-        for t in texts:
-            start = time.perf_counter()
-            r = await client.post("/predict", json={"texts": [t]})
-            out.append((time.perf_counter() - start) * 1000)
-            r.raise_for_status()
+    for t in texts:
+        start = time.perf_counter()
+        status = conn.predict(t)
+        out.append((time.perf_counter() - start) * 1000)
+        if status != 200:
+            raise RuntimeError(f"predict answered {status}")
     return out
 
 
-async def http_throughput(
-    url: str, texts: list[str], concurrency: int
-) -> tuple[float, int, list[float]]:
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for t in texts:
-        queue.put_nowait(t)
+def http_throughput(url: str, texts: list[str], concurrency: int) -> tuple[float, int, list[float]]:
+    """`concurrency` clients, each a thread with its own connection, one text per request."""
+    todo = iter(texts)
+    lock = threading.Lock()
     errors = 0
     lat: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    def client() -> None:
         nonlocal errors
-        while not queue.empty():
-            t = queue.get_nowait()
+        conn = _Conn(url)
+        while True:
+            with lock:
+                text = next(todo, None)
+            if text is None:
+                return
             start = time.perf_counter()
-            r = await client.post("/predict", json={"texts": [t]})
-            lat.append((time.perf_counter() - start) * 1000)
-            if r.status_code != 200:
-                errors += 1
+            status = conn.predict(text)
+            took = (time.perf_counter() - start) * 1000
+            with lock:
+                lat.append(took)
+                errors += status != 200
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return len(texts) / elapsed, errors, lat
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(texts) / (time.perf_counter() - start), errors, lat
 
 
 def worker_rss_mb(launcher_pid: int) -> list[float]:
@@ -164,9 +187,9 @@ def main() -> int:
 
         mv = Registry(server.home).get("default", "production")
         raw = raw_ort(mv.path, test_texts[:n_throughput], threads=2, n_latency=n_latency)
-        lat = asyncio.run(http_latency(server.url, test_texts[:n_latency]))
-        tput, errors, lat32 = asyncio.run(
-            http_throughput(server.url, test_texts[:n_throughput], args.concurrency)
+        lat = http_latency(server.url, test_texts[:n_latency])
+        tput, errors, lat32 = http_throughput(
+            server.url, test_texts[:n_throughput], args.concurrency
         )
         rss = worker_rss_mb(server.proc.pid)
         metrics = httpx.get(f"{server.url}/metrics").text
@@ -194,6 +217,7 @@ def main() -> int:
         "worker_rss_mb": rss,
         "workers": 2,
         "ort_threads_per_worker": 1,
+        "client": "stdlib http.client, keep-alive, one thread per concurrent client, same machine",
     }
     result = {
         "benchmark": "serve",
