@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 export ORT_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install serve test lint format clean
+.PHONY: install serve test test-container lint format clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ serve: install
 
 test: install lint
 	$(BIN)/python -m pytest -q -ra
+
+# Build the CPU image with podman and check it end to end (see tests/container/).
+test-container:
+	bash tests/container/test_container.sh
 
 lint: install
 	$(BIN)/ruff check models training service tests bench

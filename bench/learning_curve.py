@@ -1,0 +1,307 @@
+"""Learning curve on Banking77: test accuracy vs examples per class, per strategy.
+
+For each size in {4, 8, 16, 32, 64, all} and each strategy in {feature_extraction,
+fine_tuning, auto}: sample `size` examples per class from the official train split (a
+different sample per seed), train with the Refit pipeline, report accuracy and macro-F1 on
+the official test split (never used for training or tuning), wall time of training +
+export, peak RSS of the run's process, and what `auto` chose and why. Each run is its own
+subprocess, so its peak RSS is its own.
+
+    python bench/learning_curve.py                 # the full grid (hours on 2 CPU cores)
+    python bench/learning_curve.py --quick         # smoke test: 10 classes, 4 per class, 1 seed
+    python bench/learning_curve.py --sizes 4 8 --strategies feature_extraction --device cpu
+
+Results are merged into bench/results/learning_curve.json (keyed by size, strategy, seed,
+device), so the grid can be filled in over several invocations; a plot is drawn when
+matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ANCHORS = [
+    {"name": "MTEB all-MiniLM-L6-v2 + LR (8/class)", "per_class": 8, "accuracy": 0.800},
+    {
+        "name": "BERT-large fine-tuned, all data (Casanueva et al. 2020)",
+        "per_class": "all",
+        "accuracy": 0.9366,
+    },
+]
+STRATEGIES = ("feature_extraction", "fine_tuning", "auto")
+
+
+def shared() -> Path:
+    return Path(os.environ.get("REFIT_SHARED") or REPO.parent / "shared")
+
+
+def read(split: str, data_dir: Path) -> list[tuple[str, str]]:
+    with (data_dir / f"{split}.csv").open(newline="", encoding="utf-8") as fh:
+        return [(r["text"], r["category"]) for r in csv.DictReader(fh)]
+
+
+def sample(
+    rows: list[tuple[str, str]], per_class: int | None, seed: int, classes: list[str]
+) -> list[tuple[str, str]]:
+    by: dict[str, list[str]] = {}
+    for text, label in rows:
+        if label in classes:
+            by.setdefault(label, []).append(text)
+    rng = random.Random(seed)
+    out = []
+    for label in classes:
+        texts = (
+            by[label]
+            if per_class is None
+            else rng.sample(by[label], min(per_class, len(by[label])))
+        )
+        out.extend((t, label) for t in texts)
+    return out
+
+
+def one_run(args: argparse.Namespace) -> int:
+    """Child process: one training run, one JSON line on stdout."""
+    from models import Registry
+    from training import TrainConfig
+    from training.pipeline import train
+
+    data_dir = Path(args.data)
+    classes = json.loads(args.classes)
+    size = None if args.size == "all" else int(args.size)
+    train_rows = sample(read("train", data_dir), size, args.seed, classes)
+    test_rows = [(t, y) for t, y in read("test", data_dir) if y in classes]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(
+            name="curve",
+            strategy=args.strategy,
+            seed=args.seed,
+            device=args.device,
+            backbone=Path(args.backbone) if args.backbone else None,
+            cache_dir=Path(tmp) / "cache",
+        )
+        started = time.perf_counter()
+        result = train(train_rows, config, registry=Registry(tmp), test_data=test_rows)
+        wall = time.perf_counter() - started
+    meta = result.metadata
+    record = {
+        "size": args.size,
+        "strategy": args.strategy,
+        "seed": args.seed,
+        "device": args.device,
+        "chosen": meta.strategy,
+        "plan": result.decision.plan,
+        "reason": meta.reason,
+        "train_examples": meta.data.count,
+        "test_accuracy": meta.test_metrics.accuracy,
+        "test_macro_f1": meta.test_metrics.macro_f1,
+        "validation_macro_f1": meta.metrics.macro_f1,
+        "train_export_s": round(
+            result.timings["total_s"] - result.timings.get("evaluation_s", 0), 1
+        ),
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "fine_tuning": result.details.get("fine_tuning"),
+    }
+    sys.stdout.write("RESULT " + json.dumps(record) + "\n")
+    return 0
+
+
+def summarize(runs: list[dict]) -> dict:
+    table: dict = {}
+    for r in runs:
+        key = f"{r['size']}|{r['strategy']}|{r['device']}"
+        table.setdefault(key, []).append(r)
+    rows = []
+    for key, rs in sorted(table.items()):
+        size, strategy, device = key.split("|")
+        accs = [r["test_accuracy"] for r in rs]
+        rows.append(
+            {
+                "size": size,
+                "strategy": strategy,
+                "device": device,
+                "runs": len(rs),
+                "accuracy_mean": round(statistics.mean(accs), 4),
+                "accuracy_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+                "macro_f1_mean": round(statistics.mean(r["test_macro_f1"] for r in rs), 4),
+                "train_export_s_mean": round(statistics.mean(r["train_export_s"] for r in rs), 1),
+                "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs),
+                "auto_chose": sorted({r["chosen"] for r in rs}) if strategy == "auto" else None,
+            }
+        )
+    regret = []
+    for size in sorted({r["size"] for r in rows}, key=lambda s: 10**9 if s == "all" else int(s)):
+        for device in sorted({r["device"] for r in rows}):
+            by = {
+                r["strategy"]: r["accuracy_mean"]
+                for r in rows
+                if r["size"] == size and r["device"] == device
+            }
+            if "auto" in by and len(by) == 3:
+                best = max(by["feature_extraction"], by["fine_tuning"])
+                regret.append(
+                    {
+                        "size": size,
+                        "device": device,
+                        "best": round(best, 4),
+                        "auto": by["auto"],
+                        "regret_points": round(100 * (best - by["auto"]), 2),
+                    }
+                )
+    return {"table": rows, "regret": regret}
+
+
+def plot(summary: dict, out: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    order = ["4", "8", "16", "32", "64", "all"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy in STRATEGIES:
+        pts = [r for r in summary["table"] if r["strategy"] == strategy]
+        for device in sorted({r["device"] for r in pts}):
+            sel = sorted(
+                (order.index(r["size"]), r)
+                for r in pts
+                if r["device"] == device and r["size"] in order
+            )
+            if sel:
+                ax.errorbar(
+                    [i for i, _ in sel],
+                    [100 * r["accuracy_mean"] for _, r in sel],
+                    yerr=[100 * r["accuracy_std"] for _, r in sel],
+                    marker="o",
+                    capsize=3,
+                    label=f"{strategy} ({device})",
+                )
+    for a in ANCHORS:
+        ax.scatter(
+            [order.index(str(a["per_class"]))],
+            [100 * a["accuracy"]],
+            marker="*",
+            s=160,
+            zorder=5,
+            label=a["name"],
+        )
+    ax.set_xticks(range(len(order)), order)
+    ax.set_xlabel("examples per class (Banking77 train)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Refit on Banking77: all-MiniLM-L6-v2")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["4", "8", "16", "32", "64", "all"])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="seeds for sizes up to 32 (larger sizes: 1)"
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--backbone", default=None, help="local backbone folder (default: packaged MiniLM)"
+    )
+    parser.add_argument("--data", default=str(shared() / "data" / "banking77"))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="10 classes, 4 per class, 1 seed, feature extraction + auto",
+    )
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "learning_curve.json"))
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--classes", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        return one_run(args)
+
+    classes = sorted({y for _, y in read("train", Path(args.data))})
+    if args.quick:
+        classes, args.sizes, args.seeds = classes[:10], ["4"], 1
+        args.strategies = [s for s in args.strategies if s != "fine_tuning"]
+    out = Path(args.out)
+    if args.quick and args.out == parser.get_default("out"):
+        out = Path(tempfile.mkdtemp(prefix="refit-curve-")) / "learning_curve.json"
+    previous = json.loads(out.read_text()) if out.is_file() and not args.quick else {"runs": []}
+    runs = [r for r in previous["runs"]]
+    done = {(r["size"], r["strategy"], r["seed"], r["device"]) for r in runs}
+    for size in args.sizes:
+        seeds = range(args.seeds) if size != "all" and int(size) <= 32 else range(1)
+        for strategy in args.strategies:
+            for seed in seeds:
+                if (size, strategy, seed, args.device) in done:
+                    continue
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    "--size",
+                    size,
+                    "--strategy",
+                    strategy,
+                    "--seed",
+                    str(seed),
+                    "--device",
+                    args.device,
+                    "--data",
+                    args.data,
+                    "--classes",
+                    json.dumps(classes),
+                ]
+                if args.backbone:
+                    cmd += ["--backbone", args.backbone]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    sys.stderr.write(proc.stderr[-3000:])
+                    raise SystemExit(f"run {size}/{strategy}/{seed} failed")
+                record = json.loads(line.removeprefix("RESULT "))
+                runs.append(record)
+                print(
+                    f"{size:>4} {strategy:<18} seed {seed}: acc {record['test_accuracy']:.4f} "
+                    f"({record['chosen']}, {record['train_export_s']} s, {record['peak_rss_mb']} MB)",
+                    flush=True,
+                )
+                result = {
+                    "benchmark": "learning_curve",
+                    "dataset": "banking77",
+                    "classes": len(classes),
+                    "anchors": ANCHORS,
+                    "runs": runs,
+                    **summarize(runs),
+                }
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(result, indent=2) + "\n")
+    summary = summarize(runs)
+    if plot(summary, out.with_suffix(".png")):
+        print(f"plot: {out.with_suffix('.png')}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
