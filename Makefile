@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 export ORT_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install serve test test-container lint format clean
+.PHONY: install serve test test-container bench lint format clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ serve: install
 
 test: install lint
 	$(BIN)/python -m pytest -q -ra
+
+# Benchmarks (long: the full learning curve takes hours on 2 CPU cores); results in bench/results/.
+bench: install
+	$(BIN)/python bench/serve_bench.py
+	$(BIN)/python bench/learning_curve.py
 
 # Build the CPU image with podman and check it end to end (see tests/container/).
 test-container:

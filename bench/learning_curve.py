@@ -88,6 +88,7 @@ def one_run(args: argparse.Namespace) -> int:
         config = TrainConfig(
             name="curve",
             strategy=args.strategy,
+            epochs=args.epochs,
             seed=args.seed,
             device=args.device,
             backbone=Path(args.backbone) if args.backbone else None,
@@ -230,6 +231,7 @@ def main() -> int:
         help="10 classes, 4 per class, 1 seed, feature extraction + auto",
     )
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "learning_curve.json"))
+    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs at most")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", help=argparse.SUPPRESS)
@@ -259,6 +261,8 @@ def main() -> int:
                     sys.executable,
                     __file__,
                     "--one",
+                    "--epochs",
+                    str(args.epochs),
                     "--size",
                     size,
                     "--strategy",

@@ -14,7 +14,7 @@ import numpy as np
 
 from models import BackboneInfo, DataSummary, Metrics, ModelMetadata, Registry, validate_model_name
 from training.config import TrainConfig
-from training.data import Dataset, load_dataset, stratified_split
+from training.data import DataError, Dataset, load_dataset, stratified_split
 from training.policy import Decision, decide
 from training.progress import CancelCheck, ProgressCallback, Reporter
 
@@ -79,8 +79,6 @@ def train(
     if test is not None:
         unknown = sorted(set(test.labels) - set(labels))
         if unknown:
-            from training.data import DataError
-
             raise DataError([f"test data has labels not in the training data: {unknown[:10]}"])
     report("validating", 1.0, f"{len(dataset)} examples, {len(labels)} classes")
 

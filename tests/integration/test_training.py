@@ -89,27 +89,23 @@ def test_embedding_cache_makes_a_retrain_recompute_nothing(fe_result, ten_classe
     assert again.metadata.parent_version is None  # nothing promoted yet
 
 
-def test_cancel_publishes_nothing(tmp_path: Path, ten_classes) -> None:
+def test_cancel_during_export_publishes_nothing_and_cleans_up(tmp_path: Path, ten_classes) -> None:
     registry = Registry(tmp_path)
-    calls = {"n": 0}
+    seen = {"exporting": False}
 
-    def cancel() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 3
+    def progress(event) -> None:
+        seen["exporting"] |= event.phase == "exporting"
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled, match="cancelled during exporting"):
         train(
             banking77_slice("train", ten_classes[:3], 4),
             TrainConfig(name="c"),
             registry=registry,
-            cancel=cancel,
+            progress=progress,
+            cancel=lambda: seen["exporting"],  # true once the ONNX file is being written
         )
     assert registry.list_versions("c") == []
-    assert (
-        not any(p.name.startswith(".staging") for p in (tmp_path / "c").iterdir())
-        if (tmp_path / "c").exists()
-        else True
-    )
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".staging")] == []
 
 
 def test_one_epoch_fine_tuning_end_to_end_with_quantization(tmp_path: Path, ten_classes) -> None:

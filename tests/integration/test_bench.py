@@ -1,0 +1,70 @@
+"""The benchmarks' --quick modes: each script runs end to end and writes its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
+
+
+def test_learning_curve_quick(tmp_path: Path) -> None:
+    out = tmp_path / "curve.json"
+    proc = run("learning_curve.py", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["classes"] == 10
+    assert {(r["size"], r["strategy"], r["chosen"]) for r in result["runs"]} == {
+        ("4", "feature_extraction", "feature_extraction"),
+        ("4", "auto", "feature_extraction"),
+    }
+    for r in result["runs"]:
+        assert r["test_accuracy"] >= 0.7
+        assert r["peak_rss_mb"] > 100 and r["train_export_s"] > 0
+        assert "p10 of examples per class is 4 < 16" in r["reason"]
+
+
+def test_serve_bench_quick(tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    proc = run("serve_bench.py", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["model"]["labels"] == 77
+    assert result["service"]["errors"] == 0
+    assert len(result["service"]["worker_rss_mb"]) == 2
+    assert result["raw_onnxruntime"]["p50_ms_c1"] > 0 and result["service"]["p50_ms_c1"] > 0
+    assert set(result["targets"]) == {
+        "p50_ms_c1_le_10",
+        "throughput_ratio_ge_0.7",
+        "worker_rss_le_600mb",
+    }
+
+
+def test_peers_quick(tmp_path: Path) -> None:
+    out = tmp_path / "peers.json"
+    proc = run("peers.py", "--quick", "--out", str(out))  # creates bench/.venv-peers on first use
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    (row,) = result["setfit"]
+    assert row["per_class"] == 8 and row["refit_auto"]["chosen"] == "feature_extraction"
+    assert 0 < row["setfit"]["test_accuracy"] <= 1 and row["setfit"]["train_s"] > 0
+    assert result["fine_tuning"]["refit"]["epochs_run"] == 1
+    assert result["fine_tuning"]["hf_trainer"]["epochs"] == 1
+    assert result["inference"]["refit_onnx"]["texts_per_s_batch32"] > 0
+    assert result["inference"]["transformers_pipeline"]["texts_per_s_batch1"] > 0
