@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from models import Registry, RegistryError
+from models import Registry
 
 log = logging.getLogger("service")
 
@@ -17,13 +17,12 @@ EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "training" / "data" / "exam
 
 
 def ensure_production_model(settings) -> None:
-    """With no production model, train one from the shipped example data (or REFIT_DEFAULT_DATA)."""
+    """With an empty registry, train a first model from the shipped example data (or
+    REFIT_DEFAULT_DATA). A registry that has versions is left alone, even when production
+    is missing or corrupt: the service then reports it instead of replacing user models."""
     registry = Registry(settings.root)
-    try:
-        registry.verify(settings.model_name, "production")
+    if registry.list_versions(settings.model_name) or registry.aliases(settings.model_name):
         return
-    except (RegistryError, LookupError):
-        pass
     data = settings.default_data or EXAMPLE_DATA
     log.info(
         "no production model %r under %s: training one from %s",
