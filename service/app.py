@@ -139,7 +139,8 @@ class Refit:
                 return error(400, f"texts[{i}] is empty", fix="send non-blank texts")
         if not 1 <= top_k <= limits.max_top_k:
             return error(400, f"top_k must be between 1 and {limits.max_top_k}, got {top_k}")
-        self._swap()
+        # No registry check here: the watcher swaps models off the event loop (loading and
+        # hashing a version takes ~0.3 s that would stall every request of this worker).
         if self.holder.model is None:
             return error(
                 503,

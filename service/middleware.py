@@ -256,6 +256,13 @@ class RetrainSubmitMiddleware:
                 ((f"examples[{i}]", t, lab) for i, (t, lab) in enumerate(examples)),
                 check_classes=False,
             )
+            if dataset.conflicts:
+                shown = ", ".join(repr(t[:60]) for t in dataset.conflicts[:5])
+                raise DataError(
+                    [
+                        f"{len(dataset.conflicts)} text(s) appear with different labels in this request ({shown}); keep one label per text"
+                    ]
+                )
             model = self.settings.model_name
             combined: dict[str, int] = {}
             base = self.store.dataset(model) if options.mode == "append" else []

@@ -238,6 +238,17 @@ def test_predict_limits(server: Server, request_kwargs, status, message) -> None
         ),
         ({"examples": [{"text": "", "label": "a"}]}, 400, "examples[0]: empty text"),
         (
+            {
+                "examples": [
+                    {"text": "same", "label": "a"},
+                    {"text": "same", "label": "b"},
+                    {"text": "x", "label": "a"},
+                ]
+            },
+            400,
+            "1 text(s) appear with different labels in this request ('same')",
+        ),
+        (
             {"examples": [{"text": "x", "label": 3}]},
             400,
             "examples.0.label: Input should be a valid string",
