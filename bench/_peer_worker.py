@@ -26,7 +26,7 @@ def emit(record):
     sys.stdout.write("RESULT " + json.dumps(record) + "\n")
 
 
-def setfit_run(backbone, train_csv, test_csv, max_steps):
+def setfit_run(backbone, train_csv, test_csv, max_steps, out_dir):
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
@@ -34,7 +34,12 @@ def setfit_run(backbone, train_csv, test_csv, max_steps):
     test_texts, test_labels = read(test_csv)
     model = SetFitModel.from_pretrained(backbone)
     args = TrainingArguments(
-        batch_size=16, num_epochs=1, max_steps=max_steps, seed=0, report_to="none"
+        output_dir=out_dir,  # SetFit checkpoints; never the working directory
+        batch_size=16,
+        num_epochs=1,
+        max_steps=max_steps,
+        seed=0,
+        report_to="none",
     )
     trainer = Trainer(
         model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels})
@@ -147,7 +152,7 @@ def pipeline_run(model_dir, test_csv, n):
 if __name__ == "__main__":
     cmd, *rest = sys.argv[1:]
     {
-        "setfit": lambda a: setfit_run(a[0], a[1], a[2], int(a[3])),
+        "setfit": lambda a: setfit_run(a[0], a[1], a[2], int(a[3]), a[4]),
         "trainer": lambda a: trainer_run(a[0], a[1], a[2], int(a[3]), a[4]),
         "pipeline": lambda a: pipeline_run(a[0], a[1], int(a[2])),
     }[cmd](rest)

@@ -56,6 +56,7 @@ def peer(python: Path, *args: str) -> dict:
         [str(python), str(REPO / "bench" / "_peer_worker.py"), *args],
         capture_output=True,
         text=True,
+        cwd=tempfile.gettempdir(),  # peers write caches and checkpoints relative to cwd
     )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
@@ -157,7 +158,15 @@ def main() -> int:
                 tmpd / f"train{size}.csv", sample(read("train", data_dir), int(size), 0, classes)
             )
             ours = refit(size, "auto", args.data, classes)
-            theirs = peer(python, "setfit", backbone, str(train_csv), str(test_csv), str(steps))
+            theirs = peer(
+                python,
+                "setfit",
+                backbone,
+                str(train_csv),
+                str(test_csv),
+                str(steps),
+                str(tmpd / f"setfit{size}"),
+            )
             result["setfit"].append(
                 {
                     "per_class": int(size),

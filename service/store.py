@@ -176,12 +176,6 @@ class Store:
             latest[text] = label
         return list(latest.items())
 
-    def counts(self, model: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for _, label in self.dataset(model):
-            out[label] = out.get(label, 0) + 1
-        return out
-
     def example_count(self) -> int:
         with closing(self._connect()) as db:
             return int(db.execute("SELECT COUNT(*) FROM examples").fetchone()[0])

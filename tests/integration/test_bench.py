@@ -70,3 +70,4 @@ def test_peers_quick(tmp_path: Path) -> None:
     assert result["fine_tuning"]["hf_trainer"]["epochs"] == 1
     assert result["inference"]["refit_onnx"]["texts_per_s_batch32"] > 0
     assert result["inference"]["transformers_pipeline"]["texts_per_s_batch1"] > 0
+    assert not (REPO / "checkpoints").exists()  # peers never write into the checkout
