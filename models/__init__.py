@@ -8,6 +8,7 @@ from models._errors import (
     RegistryError,
     VersionNotFoundError,
 )
+from models._faults import failpoint
 from models._metadata import (
     SCHEMA_VERSION,
     BackboneInfo,
@@ -44,6 +45,7 @@ __all__ = [
     "RegistryError",
     "VersionNotFoundError",
     "default_home",
+    "failpoint",
     "sha256_file",
     "validate_model_name",
 ]

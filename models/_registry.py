@@ -4,7 +4,7 @@ Layout::
 
     <root>/<name>/<version>/model.onnx, tokenizer.json, ..., metadata.json
     <root>/<name>/aliases.json        {"production": V, "previous": V}
-    <root>/<name>/.staging-<version>/ work in progress, never listed
+    <root>/<name>/.staging-<version>.<pid>/ work in progress, never listed
 
 Every change that other processes can observe is one `os.rename`/`os.replace` of something
 already complete and fsynced, so a crash at any moment leaves either no version or a complete
@@ -35,6 +35,7 @@ from models._errors import (
     RegistryError,
     VersionNotFoundError,
 )
+from models._faults import failpoint
 from models._metadata import ModelMetadata
 
 METADATA_FILE = "metadata.json"
@@ -203,9 +204,9 @@ class Registry:
         """Create a private staging folder; its version id is fixed now."""
         folder = self.model_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        self._clean_stale_staging(folder)
+        self.clean_staging(name)
         version = new_version_id()
-        path = folder / f"{_STAGING_PREFIX}{version}"
+        path = folder / f"{_STAGING_PREFIX}{version}.{os.getpid()}"
         path.mkdir()
         return Staging(name, version, path)
 
@@ -229,6 +230,7 @@ class Registry:
         for p in staging.path.iterdir():
             _fsync_path(p)
         _fsync_path(staging.path)
+        failpoint("publish")
         final = staging.path.parent / staging.version
         os.rename(staging.path, final)  # atomic; fails rather than overwrite a version
         _fsync_path(final.parent)
@@ -296,10 +298,27 @@ class Registry:
         os.rename(folder / version, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
-    @staticmethod
-    def _clean_stale_staging(folder: Path) -> None:
+    def clean_staging(self, name: str) -> list[str]:
+        """Remove staging folders left by a dead process (or older than 6 h): what a
+        SIGKILLed trainer leaves behind. Never touches a live process's staging."""
+        folder = self.model_dir(name)
         cutoff = time.time() - _STALE_STAGING_S
+        removed = []
         for p in folder.glob(f"{_STAGING_PREFIX}*"):
+            owner = p.suffix[1:]
+            dead = owner.isdigit() and not _pid_alive(int(owner))
             with contextlib.suppress(OSError):
-                if p.stat().st_mtime < cutoff:
+                if dead or p.stat().st_mtime < cutoff:
                     shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p.name)
+        return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

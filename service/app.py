@@ -20,15 +20,23 @@ from typing import Any, Literal
 import bentoml
 import numpy as np
 from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse
 
 from models import CorruptVersionError, Registry, RegistryError
 from service import metrics
-from service.middleware import LimitsAndAuthMiddleware, RetrainSubmitMiddleware
+from service.middleware import (
+    ErrorShapeMiddleware,
+    LimitsAndAuthMiddleware,
+    RetrainSubmitMiddleware,
+    format_errors,
+)
 from service.runtime import LoadedModel, MicroBatcher, ModelHolder
-from service.schemas import Example, PredictResponse, PromoteRequest
+from service.schemas import Example, PredictResponse, PromoteRequest, error_responses
 from service.settings import Settings
-from service.store import ACTIVE_STATES, Store
+from service.store import ACTIVE_STATES, Store, StoreBusy
+from training.data import control_character
 
 log = logging.getLogger("service")
 
@@ -39,6 +47,22 @@ admin = FastAPI(title="Refit admin")
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+@admin.exception_handler(RequestValidationError)
+async def _invalid(request, exc: RequestValidationError) -> JSONResponse:
+    errors = [  # without the offending input: it can be large, and it is the caller's own
+        {k: v for k, v in e.items() if k in ("type", "loc", "msg")}
+        for e in jsonable_encoder(exc.errors())
+    ]
+    return JSONResponse(
+        {"error": f"invalid request: {format_errors(errors)}", "detail": errors}, status_code=422
+    )
+
+
+@admin.exception_handler(StoreBusy)
+async def _store_busy(request, exc: StoreBusy) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
 
 def _die_with_parent() -> None:  # runs in the trainer child before exec
@@ -57,7 +81,9 @@ class Refit:
     def __init__(self) -> None:
         self.settings = SETTINGS
         self.registry = Registry(self.settings.root)
-        self.store = Store(self.settings.store_path)
+        self.store = Store(
+            self.settings.store_path, busy_timeout_s=self.settings.store_busy_timeout_s
+        )
         self.holder = ModelHolder(
             self.registry,
             self.settings.model_name,
@@ -72,6 +98,7 @@ class Refit:
             on_batch=self._record_batch,
         )
         self._served: LoadedModel | None = None
+        self._background: set[asyncio.Task] = set()
         self._swap(force=True)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -81,9 +108,14 @@ class Refit:
     @bentoml.on_deployment
     def _reconcile_jobs() -> None:  # once, before any worker starts
         settings = Settings()
-        interrupted = Store(settings.store_path).reconcile()
+        interrupted = Store(
+            settings.store_path, busy_timeout_s=settings.store_busy_timeout_s
+        ).reconcile()
         if interrupted:
             log.warning("jobs interrupted by the last shutdown: %s", ", ".join(interrupted))
+        removed = Registry(settings.root).clean_staging(settings.model_name)
+        if removed:
+            log.warning("removed unfinished staging folders: %s", ", ".join(removed))
 
     @bentoml.on_startup
     async def _watch_registry(self) -> None:
@@ -137,6 +169,12 @@ class Refit:
                 )
             if not text.strip():
                 return error(400, f"texts[{i}] is empty", fix="send non-blank texts")
+            if (control := control_character(text)) is not None:
+                return error(
+                    400,
+                    f"texts[{i}] contains control character {control}",
+                    fix="remove control characters (tab and newlines are fine)",
+                )
         if not 1 <= top_k <= limits.max_top_k:
             return error(400, f"top_k must be between 1 and {limits.max_top_k}, got {top_k}")
         # No registry check here: the watcher swaps models off the event loop (loading and
@@ -228,7 +266,18 @@ class Refit:
         job = self.store.get_job(job_id)
         assert job is not None
         if job.state in ACTIVE_STATES:
-            self.store.finish(job_id, "failed", error=f"trainer exited with code {code}")
+            removed = await asyncio.to_thread(self.registry.clean_staging, job.model)
+            if code < 0:  # killed by a signal (the OOM killer, an operator, a test)
+                self.store.finish(
+                    job_id,
+                    "interrupted",
+                    error=f"the trainer was killed by {signal.Signals(-code).name} during"
+                    f" {job.phase}; nothing was published; retry it with"
+                    f" POST /jobs/{job_id}/retry",
+                )
+            else:
+                self.store.finish(job_id, "failed", error=f"trainer exited with code {code}")
+            log.warning("job %s: trainer exited with %s; removed staging %s", job_id, code, removed)
             job = self.store.get_job(job_id)
             assert job is not None
         strategy = (job.result or {}).get("strategy", "none")
@@ -288,7 +337,7 @@ class Refit:
             "versions": versions,
         }
 
-    @admin.post("/models/promote")
+    @admin.post("/models/promote", responses=error_responses(401, 404, 409, 413, 503))
     def promote(self, body: PromoteRequest) -> Any:
         """Make a version production (auth required when REFIT_API_TOKEN is set)."""
         try:
@@ -299,7 +348,7 @@ class Refit:
             return error(409, str(exc))
         return {"model": self.settings.model_name, **aliases}
 
-    @admin.post("/models/rollback")
+    @admin.post("/models/rollback", responses=error_responses(401, 409, 413, 503))
     def rollback(self) -> Any:
         """Swap production and previous (auth required when REFIT_API_TOKEN is set)."""
         try:
@@ -316,7 +365,7 @@ class Refit:
             "jobs": [j.to_dict() for j in self.store.list_jobs(self.settings.model_name, limit)]
         }
 
-    @admin.post("/jobs/{job_id}/cancel")
+    @admin.post("/jobs/{job_id}/cancel", responses=error_responses(401, 404, 409, 413, 503))
     def cancel_job(self, job_id: str) -> Any:
         """Cancel a queued or running job; nothing is published (auth required)."""
         job = self.store.get_job(job_id)
@@ -331,7 +380,27 @@ class Refit:
         assert updated is not None
         return updated.to_dict()
 
-    @admin.get("/jobs/{job_id}")
+    @admin.post(
+        "/jobs/{job_id}/retry", status_code=202, responses=error_responses(401, 404, 409, 413, 503)
+    )
+    async def retry_job(self, job_id: str) -> Any:
+        """Run a failed, interrupted or cancelled job again on the same data (auth required)."""
+        job = self.store.get_job(job_id)
+        if job is None:
+            return error(404, f"no job {job_id!r}", fix="list jobs with GET /jobs")
+        if job.state not in ("failed", "interrupted", "cancelled"):
+            return error(
+                409,
+                f"job {job_id} is {job.state}; only failed, interrupted or cancelled jobs can be retried",
+            )
+        retried = self.store.retry_job(job, owner_pid=os.getpid())
+        task = asyncio.get_running_loop().create_task(self._run_job(retried.id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        log.info("job %s queued as a retry of %s", retried.id, job_id)
+        return JSONResponse(retried.to_dict(), status_code=202)
+
+    @admin.get("/jobs/{job_id}", responses=error_responses(404))
     def get_job(self, job_id: str) -> Any:
         job = self.store.get_job(job_id)
         if job is None:
@@ -340,5 +409,6 @@ class Refit:
 
 
 # First added runs first: limits and auth before anything reads or stores the body.
+Refit.add_asgi_middleware(ErrorShapeMiddleware)
 Refit.add_asgi_middleware(LimitsAndAuthMiddleware, settings=SETTINGS)
 Refit.add_asgi_middleware(RetrainSubmitMiddleware, settings=SETTINGS)

@@ -7,6 +7,7 @@ only the job id.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from service.schemas import RetrainOptions, RetrainRequest
 from service.settings import Settings
-from service.store import Store
+from service.store import Store, StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-PROTECTED = ("/retrain/", "/models/promote", "/models/rollback")
+PROTECTED = ("/retrain", "/models/promote", "/models/rollback")
+PREDICT_FIELDS = {"texts", "top_k"}
 SUBMIT_PATH = "/retrain/submit"
 UPLOAD_TYPES = {
     "text/csv": "csv",
@@ -118,7 +120,7 @@ class LimitsAndAuthMiddleware:
             return
         path = scope.get("path", "")
         protected = path.startswith(PROTECTED) or (
-            path.startswith("/jobs/") and path.endswith("/cancel")
+            path.startswith("/jobs/") and path.endswith(("/cancel", "/retry"))
         )
         if self._token is not None and protected:
             given = _header(scope, b"authorization") or ""
@@ -148,16 +150,97 @@ class LimitsAndAuthMiddleware:
                 await send_json(send, 413, self._too_large())
                 return
             receive = replay(body)
+            problem = _precheck(path, body)
+            if problem is not None:
+                await send_json(send, 400, problem)
+                return
         await self.app(scope, receive, send)
 
 
-def _format_validation(exc: ValidationError) -> str:
+def _precheck(path: str, body: bytes) -> dict[str, str] | None:
+    """What BentoML's own input handling would let through: unknown fields in /predict, and
+    the synchronous `POST /retrain` (retraining only runs as a queued job)."""
+    if path == "/retrain":
+        return {
+            "error": "POST /retrain is not available: retraining runs as a background job",
+            "fix": "POST the examples to /retrain/submit and poll GET /jobs/{job_id}",
+        }
+    if path == "/predict":
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return None  # BentoML reports the JSON error
+        if isinstance(payload, dict):
+            unknown = sorted(set(payload) - PREDICT_FIELDS)
+            if unknown:
+                return {
+                    "error": f"unknown field(s) in /predict: {', '.join(map(repr, unknown[:5]))}",
+                    "fix": 'send only {"texts": [...], "top_k": N}',
+                }
+    return None
+
+
+def format_errors(errors: list[dict[str, Any]]) -> str:
+    """Pydantic error dicts as one line: `texts.0: Input should be a valid string; ...`."""
     parts = []
-    for err in exc.errors(include_input=False)[:10]:
-        where = ".".join(str(x) for x in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    more = exc.error_count() - len(parts)
+    for err in errors[:10]:
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
+        parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+    more = len(errors) - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _format_validation(exc: ValidationError) -> str:
+    return format_errors(exc.errors(include_input=False))
+
+
+class ErrorShapeMiddleware:
+    """BentoML answers a body that fails its input model with `{"error": "1 validation error
+    for Input", "detail": [...]}`: this rewrites such 400s to say what was wrong
+    (`{"error": "texts.0: Input should be a valid string", ...}`), matching the documented
+    `InvalidArgument` schema (`detail` a string)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def reshape(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                if message["status"] != 400:
+                    await send(message)
+                    return
+                held["start"] = message
+                return
+            if "start" not in held or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = b"".join(chunks)
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = None
+            details = payload.get("detail") if isinstance(payload, dict) else None
+            if isinstance(details, list) and all(isinstance(d, dict) for d in details):
+                text = format_errors(details)
+                body = json.dumps({"error": f"invalid request: {text}", "detail": text}).encode()
+            start = held.pop("start")
+            headers = [
+                (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
+            ]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, reshape)
 
 
 class RetrainSubmitMiddleware:
@@ -168,7 +251,9 @@ class RetrainSubmitMiddleware:
     def __init__(self, app, settings: Settings | None = None) -> None:
         self.app = app
         self.settings = settings or Settings()
-        self.store = Store(self.settings.store_path)
+        self.store = Store(
+            self.settings.store_path, busy_timeout_s=self.settings.store_busy_timeout_s
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -181,9 +266,13 @@ class RetrainSubmitMiddleware:
         body = await read_body(receive, self.settings.max_body_bytes)
         try:
             examples, options = self._parse(scope, body)
-            job = self._accept(examples, options)
+            job = await asyncio.to_thread(self._accept, examples, options)
         except _Reject as reject:
             await send_json(send, reject.status, {"error": reject.message, **reject.extra})
+            return
+        except StoreBusy as exc:
+            log.warning("retrain submit refused: %s", exc)
+            await send_json(send, 503, {"error": str(exc)}, [(b"retry-after", b"5")])
             return
         forwarded = json.dumps({"job_id": job.id}).encode()
         headers = [
@@ -236,7 +325,7 @@ class RetrainSubmitMiddleware:
         from training.data import DataError, parse_bytes  # pure Python: no torch
 
         try:
-            dataset = parse_bytes(body, fmt, "upload", check_classes=False)
+            dataset = parse_bytes(body, fmt, "upload", check_classes=False, extra_columns=False)
         except DataError as exc:
             raise _Reject(400, f"invalid examples: {exc}", problems=exc.problems[:20]) from None
         return list(zip(dataset.texts, dataset.labels, strict=True)), options
@@ -270,6 +359,13 @@ class RetrainSubmitMiddleware:
             labeled.update(zip(dataset.texts, dataset.labels, strict=True))
             for label in labeled.values():
                 combined[label] = combined.get(label, 0) + 1
+            if len(combined) > self.settings.max_classes:
+                raise DataError(
+                    [
+                        f"{len(combined)} distinct labels, the limit is {self.settings.max_classes};"
+                        " check that the label column holds class names, or raise REFIT_MAX_CLASSES"
+                    ]
+                )
             check_class_counts(combined)
         except DataError as exc:
             raise _Reject(400, f"invalid examples: {exc}", problems=exc.problems[:20]) from None

@@ -49,4 +49,24 @@ class PredictResponse(BaseModel):
 
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: str = Field(min_length=1, max_length=100)
+    version: str = Field(
+        pattern=r"^(v\d{8}-\d{6}-\d{6}-[0-9a-f]{4}|production|previous)$",
+        description="a version id (`vYYYYMMDD-HHMMSS-ffffff-xxxx`) or the alias `previous`",
+    )
+
+
+class ErrorBody(BaseModel):
+    error: str
+    fix: str | None = None
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI entries for the error statuses a route answers with."""
+    text = {
+        401: "missing or wrong bearer token",
+        404: "no such job or version",
+        409: "conflicts with the current state",
+        413: "request body too large",
+        503: "the job store is busy; retry",
+    }
+    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}

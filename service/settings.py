@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     max_texts_per_request: int = Field(256, ge=1, description="texts per /predict call")
     max_text_chars: int = Field(10_000, ge=1, description="characters per text")
     max_examples_per_request: int = Field(100_000, ge=2, description="examples per retrain request")
+    max_classes: int = Field(1000, ge=2, description="distinct labels per model")
     max_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="request body size limit (413 beyond)"
     )
@@ -61,6 +62,9 @@ class Settings(BaseSettings):
     default_data: Path | None = Field(
         None,
         description="CSV to train the first model from when the registry is empty (default: shipped examples)",
+    )
+    store_busy_timeout_s: float = Field(
+        30, gt=0, le=600, description="how long a write waits for another SQLite writer"
     )
     log_texts: bool = Field(
         False, description="log request texts (off: texts never reach the logs)"

@@ -128,23 +128,42 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
+class StoreBusy(Exception):
+    """Another writer held the store's lock for longer than the busy timeout."""
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
         path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
+        with self._guard(), closing(self._connect()) as db:
             db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        # SQLite's busy handler retries a locked write until the timeout, then gives up.
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         return db
 
     @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                raise StoreBusy(
+                    f"the job store {self.path.name} stayed locked by another writer for"
+                    f" {self.busy_timeout_s:g} s ({text}); nothing was stored, retry later"
+                ) from exc
+            raise
+
+    @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as db:
+        with self._guard(), closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -211,6 +230,19 @@ class Store:
         job = self.get_job(job_id)
         assert job is not None
         return job
+
+    def retry_job(self, job: Job, *, owner_pid: int | None = None) -> Job:
+        """A new queued job with the same request on the same data as `job` (no new batch)."""
+        new_id = uuid.uuid4().hex[:16]
+        request = {**job.request, "retry_of": job.id}
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, model, state, request, batch_id, pid, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                (new_id, job.model, json.dumps(request), job.batch_id, owner_pid, time.time()),
+            )
+        retried = self.get_job(new_id)
+        assert retried is not None
+        return retried
 
     def get_job(self, job_id: str) -> Job | None:
         with closing(self._connect()) as db:
@@ -310,7 +342,8 @@ class Store:
                     "UPDATE jobs SET state='interrupted', finished_at=?, error=? WHERE id=?",
                     (
                         time.time(),
-                        "the service stopped before this job finished; submit it again",
+                        "the service stopped before this job finished; nothing was published;"
+                        f" retry it with POST /jobs/{row['id']}/retry",
                         row["id"],
                     ),
                 )

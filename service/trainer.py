@@ -17,7 +17,7 @@ from typing import Any
 
 from models import Metrics, Registry, RegistryError
 from service.settings import Settings
-from service.store import Store
+from service.store import Store, StoreBusy
 
 log = logging.getLogger("service.trainer")
 
@@ -74,7 +74,7 @@ def run_job(job_id: str, settings: Settings) -> int:
     from training import Cancelled, DataError, PolicyThresholds, TrainConfig
     from training.pipeline import train
 
-    store = Store(settings.store_path)
+    store = Store(settings.store_path, busy_timeout_s=settings.store_busy_timeout_s)
     registry = Registry(settings.root)
     job = store.get_job(job_id)
     if job is None:
@@ -85,13 +85,16 @@ def run_job(job_id: str, settings: Settings) -> int:
         return 0
     store.mark_running(job_id, os.getpid())
     request = job.request
-    last = {"t": 0.0, "cancel_t": 0.0, "cancel": False}
+    last: dict[str, Any] = {"t": 0.0, "phase": "", "cancel_t": 0.0, "cancel": False}
 
     def progress(event) -> None:
         now = time.monotonic()
-        if now - last["t"] >= 0.5 or event.phase in ("done", "publishing"):
-            last["t"] = now
-            store.set_progress(job_id, event.phase, event.fraction, event.message)
+        if now - last["t"] >= 0.5 or event.phase != last["phase"]:
+            last["t"], last["phase"] = now, event.phase
+            try:
+                store.set_progress(job_id, event.phase, event.fraction, event.message)
+            except StoreBusy as exc:  # progress is best effort; the result is not
+                log.warning("job %s: progress not recorded: %s", job_id, exc)
 
     def cancel() -> bool:
         now = time.monotonic()
@@ -163,6 +166,16 @@ def run_job(job_id: str, settings: Settings) -> int:
     except (DataError, ValueError) as exc:
         store.finish(job_id, "failed", error=str(exc))
         return 0
+    except OSError as exc:  # a full disk, a read-only or vanished REFIT_HOME
+        log.error("job %s failed: %s", job_id, exc)
+        store.finish(
+            job_id,
+            "failed",
+            error=f"storage error, nothing was published: {exc.strerror or exc}"
+            f" ({exc.filename or settings.root}); free space or fix permissions under"
+            " REFIT_HOME, then retry the job",
+        )
+        return 1
     except Exception as exc:
         log.exception("job %s failed", job_id)
         store.finish(

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,6 +64,15 @@ class Dataset:
         return Dataset(tuple(self.texts[i] for i in idx), tuple(self.labels[i] for i in idx))
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def control_character(text: str) -> str | None:
+    """`U+0007 at position 3` for the first control character other than tab and newlines."""
+    found = _CONTROL.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X} at position {found.start()}"
+
+
 def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
@@ -79,6 +89,8 @@ def _check_row(where: str, text: Any, label: Any, problems: list[str]) -> tuple[
         )
     elif not normalize_text(text):
         problems.append(f"{where}: empty text")
+    elif (control := control_character(text)) is not None:
+        problems.append(f"{where}: text contains control character {control}; remove it")
     if label is None or (isinstance(label, str) and not label.strip()):
         problems.append(f"{where}: missing label")
     elif not isinstance(label, str):
@@ -165,7 +177,9 @@ def _decode(data: bytes, source: str) -> str:
         ) from None
 
 
-def _csv_rows(text: str, source: str) -> Iterable[tuple[str, Any, Any]]:
+def _csv_rows(
+    text: str, source: str, *, extra_columns: bool = True
+) -> Iterable[tuple[str, Any, Any]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
@@ -177,6 +191,11 @@ def _csv_rows(text: str, source: str) -> Iterable[tuple[str, Any, Any]]:
             [
                 f"{source} line 1: header must name columns `text` and `label` (or `category`), found {header!r}"
             ]
+        )
+    extra = [h for h, c in zip(header, columns, strict=True) if c not in ("text", label_col)]
+    if extra and not extra_columns:
+        raise DataError(
+            [f"{source} line 1: unexpected column(s) {extra!r}; send only `text` and `label`"]
         )
     ti, li = columns.index("text"), columns.index(label_col)
     for row in reader:
@@ -233,14 +252,25 @@ def _json_rows(text: str, source: str) -> Iterable[tuple[str, Any, Any]]:
 
 
 def parse_bytes(
-    data: bytes, fmt: str, source: str = "data", *, check_classes: bool = True
+    data: bytes,
+    fmt: str,
+    source: str = "data",
+    *,
+    check_classes: bool = True,
+    extra_columns: bool = True,
 ) -> Dataset:
-    """Parse uploaded bytes as `csv`, `jsonl` or `json`."""
+    """Parse uploaded bytes as `csv`, `jsonl` or `json`; `extra_columns=False` refuses CSV
+    columns other than text and label."""
     text = _decode(data, source)
-    readers = {"csv": _csv_rows, "jsonl": _jsonl_rows, "json": _json_rows}
-    if fmt not in readers:
-        raise DataError([f"unsupported format {fmt!r}: use one of {sorted(readers)}"])
-    return build_dataset(readers[fmt](text, source), check_classes=check_classes)
+    if fmt == "csv":
+        rows = _csv_rows(text, source, extra_columns=extra_columns)
+    elif fmt == "jsonl":
+        rows = _jsonl_rows(text, source)
+    elif fmt == "json":
+        rows = _json_rows(text, source)
+    else:
+        raise DataError([f"unsupported format {fmt!r}: use one of ['csv', 'json', 'jsonl']"])
+    return build_dataset(rows, check_classes=check_classes)
 
 
 def load_dataset(

@@ -5,6 +5,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from models import failpoint
+
 Phase = Literal[
     "validating", "embedding", "training", "evaluating", "exporting", "publishing", "done"
 ]
@@ -59,3 +61,5 @@ class Reporter:
             self._log.debug("%s %.0f%% %s", phase, 100 * event.fraction, message)
         if self._callback is not None:
             self._callback(event)
+        if phase_fraction > 0:
+            failpoint(phase)  # reliability tests stop the process here, mid-phase

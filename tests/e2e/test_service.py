@@ -370,7 +370,7 @@ def test_restart_keeps_jobs_and_production_and_marks_killed_job_interrupted(serv
         jobs = {j["id"]: j for j in c.get("/jobs").json()["jobs"]}
         assert {k: jobs[k]["state"] for k in jobs_before} == jobs_before
         assert jobs[running]["state"] == "interrupted"
-        assert "submit it again" in jobs[running]["error"]
+        assert f"retry it with POST /jobs/{running}/retry" in jobs[running]["error"]
         assert production(c) == champion
         assert not [p for p in (server.home / "default").iterdir() if p.name.startswith(".staging")]
         r = c.post("/predict", json={"texts": ["hello"]})

@@ -63,7 +63,10 @@ def test_reconcile_marks_jobs_of_dead_owners_interrupted(store: Store) -> None:
     assert store.get_job(alive.id).state == "queued"
     job = store.get_job(dead_running.id)
     assert job.state == "interrupted"
-    assert job.error == "the service stopped before this job finished; submit it again"
+    assert job.error == (
+        "the service stopped before this job finished; nothing was published;"
+        f" retry it with POST /jobs/{job.id}/retry"
+    )
 
 
 def test_cancel_flag(store: Store) -> None:
