@@ -337,7 +337,7 @@ class Refit:
             "versions": versions,
         }
 
-    @admin.post("/models/promote", responses=error_responses(401, 404, 409, 413, 503))
+    @admin.post("/models/promote", responses=error_responses(400, 401, 404, 409, 413, 503))
     def promote(self, body: PromoteRequest) -> Any:
         """Make a version production (auth required when REFIT_API_TOKEN is set)."""
         try:

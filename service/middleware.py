@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -150,22 +151,31 @@ class LimitsAndAuthMiddleware:
                 await send_json(send, 413, self._too_large())
                 return
             receive = replay(body)
-            problem = _precheck(path, body)
+            problem = _precheck(path, body, _header(scope, b"content-type"))
             if problem is not None:
-                await send_json(send, 400, problem)
+                await send_json(send, *problem)
                 return
         await self.app(scope, receive, send)
 
 
-def _precheck(path: str, body: bytes) -> dict[str, str] | None:
-    """What BentoML's own input handling would let through: unknown fields in /predict, and
-    the synchronous `POST /retrain` (retraining only runs as a queued job)."""
+def _precheck(
+    path: str, body: bytes, content_type: str | None
+) -> tuple[int, dict[str, str]] | None:
+    """What BentoML's own input handling gets wrong or lets through: non-JSON bodies and
+    unknown fields in /predict (a 500 or silently ignored), and the synchronous
+    `POST /retrain` (retraining only runs as a queued job)."""
     if path == "/retrain":
-        return {
+        return 400, {
             "error": "POST /retrain is not available: retraining runs as a background job",
             "fix": "POST the examples to /retrain/submit and poll GET /jobs/{job_id}",
         }
     if path == "/predict":
+        kind = (content_type or "application/json").split(";")[0].strip().lower()
+        if kind != "application/json":
+            return 415, {
+                "error": f"unsupported content type {kind!r} for /predict",
+                "fix": 'send application/json: {"texts": [...]}',
+            }
         try:
             payload = json.loads(body)
         except ValueError:
@@ -173,7 +183,7 @@ def _precheck(path: str, body: bytes) -> dict[str, str] | None:
         if isinstance(payload, dict):
             unknown = sorted(set(payload) - PREDICT_FIELDS)
             if unknown:
-                return {
+                return 400, {
                     "error": f"unknown field(s) in /predict: {', '.join(map(repr, unknown[:5]))}",
                     "fix": 'send only {"texts": [...], "top_k": N}',
                 }
@@ -195,10 +205,14 @@ def _format_validation(exc: ValidationError) -> str:
 
 
 class ErrorShapeMiddleware:
-    """BentoML answers a body that fails its input model with `{"error": "1 validation error
-    for Input", "detail": [...]}`: this rewrites such 400s to say what was wrong
-    (`{"error": "texts.0: Input should be a valid string", ...}`), matching the documented
-    `InvalidArgument` schema (`detail` a string)."""
+    """Every 4xx answers `{"error": "what was wrong", ...}` in JSON.
+
+    BentoML answers a body that fails its input model with `{"error": "1 validation error
+    for Input", "detail": [...]}`; this says what was wrong instead (`texts.0: Input should
+    be a valid string`), matching its documented `InvalidArgument` schema (`detail` a
+    string). Plain-text 404/405s from the router and FastAPI's `{"detail": "..."}` get the
+    same JSON shape. Successful responses pass through untouched.
+    """
 
     def __init__(self, app) -> None:
         self.app = app
@@ -212,10 +226,10 @@ class ErrorShapeMiddleware:
 
         async def reshape(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                if message["status"] != 400:
+                if 400 <= message["status"] < 500:
+                    held["start"] = message
+                else:
                     await send(message)
-                    return
-                held["start"] = message
                 return
             if "start" not in held or message["type"] != "http.response.body":
                 await send(message)
@@ -223,24 +237,46 @@ class ErrorShapeMiddleware:
             chunks.append(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            body = b"".join(chunks)
-            try:
-                payload = json.loads(body)
-            except ValueError:
-                payload = None
-            details = payload.get("detail") if isinstance(payload, dict) else None
-            if isinstance(details, list) and all(isinstance(d, dict) for d in details):
-                text = format_errors(details)
-                body = json.dumps({"error": f"invalid request: {text}", "detail": text}).encode()
             start = held.pop("start")
+            body = _error_body(b"".join(chunks), start["status"], scope)
             headers = [
-                (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
+                (k, v)
+                for k, v in start.get("headers", [])
+                if k.lower() not in (b"content-length", b"content-type")
             ]
-            headers.append((b"content-length", str(len(body)).encode()))
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
             await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, reshape)
+
+
+def _error_body(body: bytes, status: int, scope: Scope) -> bytes:
+    phrase = HTTPStatus(status).phrase
+    try:
+        payload = json.loads(body)
+    except ValueError:  # the router's plain-text answers
+        method, path = scope.get("method", ""), scope.get("path", "")
+        if status == 404:
+            text = f"no such endpoint: {method} {path}; the API is listed at /docs"
+        elif status == 405:
+            text = f"{method} is not allowed on {path}; the API is listed at /docs"
+        else:
+            text = body.decode("utf-8", "replace").strip() or phrase
+        return json.dumps({"error": text}).encode()
+    if not isinstance(payload, dict):
+        return json.dumps({"error": phrase, "detail": str(payload)}).encode()
+    detail = payload.get("detail")
+    pydantic_errors = isinstance(detail, list) and all(isinstance(d, dict) for d in detail)
+    if pydantic_errors and status == 400:
+        text = format_errors(detail)
+        return json.dumps({"error": f"invalid request: {text}", "detail": text}).encode()
+    if "error" not in payload:
+        return json.dumps({"error": str(detail or phrase), **payload}).encode()
+    return body
 
 
 class RetrainSubmitMiddleware:

@@ -63,6 +63,7 @@ class ErrorBody(BaseModel):
 def error_responses(*codes: int) -> dict[int | str, dict]:
     """OpenAPI entries for the error statuses a route answers with."""
     text = {
+        400: "the body could not be parsed",
         401: "missing or wrong bearer token",
         404: "no such job or version",
         409: "conflicts with the current state",

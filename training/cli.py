@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models import Registry, RegistryError
+from models import CorruptVersionError, Registry, RegistryError
 
 EXIT_BAD_INPUT = 2
 
@@ -134,8 +134,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _version_row(
     registry: Registry, name: str, version: str, aliases: dict[str, str]
 ) -> dict[str, Any]:
-    meta = registry.get(name, version).metadata
     tags = [a for a, v in aliases.items() if v == version]
+    try:
+        meta = registry.get(name, version).metadata
+    except CorruptVersionError as exc:
+        return {"name": name, "version": version, "aliases": tags, "corrupt": str(exc)}
     return {
         "name": name,
         "version": version,
@@ -146,6 +149,37 @@ def _version_row(
         "labels": len(meta.labels),
         "created_at": meta.created_at.isoformat(),
     }
+
+
+def _verify(registry: Registry, args: argparse.Namespace) -> int:
+    """Re-hash one version, or every version of the model(s); exit 1 if any is corrupt."""
+    names = [args.name] if args.name else registry.list_models()
+    targets = [
+        (name, v)
+        for name in names
+        for v in ([args.version] if args.version else registry.list_versions(name))
+    ]
+    results = []
+    for name, version in targets:
+        try:
+            mv = registry.verify(name, version)
+        except CorruptVersionError as exc:
+            results.append({"name": name, "version": version, "ok": False, "error": str(exc)})
+            continue
+        files = len(mv.metadata.files)
+        results.append({"name": name, "version": mv.version, "ok": True, "files": files})
+    for r in results:
+        if args.json:
+            continue
+        if r["ok"]:
+            _out(f"{r['name']} {r['version']}: ok ({r['files']} files verified)")
+        else:
+            _out(f"{r['name']} {r['version']}: CORRUPT: {r['error']}")
+    if args.json:
+        _out(json.dumps(results))
+    if not results:
+        _err(f"no model versions under {registry.root}")
+    return 0 if results and all(r["ok"] for r in results) else EXIT_BAD_INPUT
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -166,6 +200,9 @@ def cmd_models(args: argparse.Namespace) -> int:
             else:
                 for r in rows:
                     tag = f" [{', '.join(r['aliases'])}]" if r["aliases"] else ""
+                    if "corrupt" in r:
+                        _out(f"{r['name']}  {r['version']}{tag}  CORRUPT: {r['corrupt']}")
+                        continue
                     _out(
                         f"{r['name']}  {r['version']}{tag}  {r['strategy']}  acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}"
                     )
@@ -190,18 +227,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 else f"{args.name}: production is now {aliases['production']}"
             )
         elif args.action == "verify":
-            mv = registry.verify(args.name, args.version or "production")
-            result = {
-                "name": mv.name,
-                "version": mv.version,
-                "ok": True,
-                "files": len(mv.metadata.files),
-            }
-            _out(
-                json.dumps(result)
-                if args.json
-                else f"{mv.name} {mv.version}: ok ({result['files']} files verified)"
-            )
+            return _verify(registry, args)
     except (RegistryError, ValueError) as exc:
         if args.json:
             _out(json.dumps({"ok": False, "error": str(exc)}))
@@ -298,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("action", choices=["list", "show", "promote", "rollback", "verify"])
     m.add_argument("name", nargs="?", default=None)
     m.add_argument(
-        "version", nargs="?", default=None, help="a version id or alias (default: production)"
+        "version",
+        nargs="?",
+        default=None,
+        help="a version id or alias (default: production; verify: every version)",
     )
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -145,3 +146,25 @@ def submit(client: httpx.Client, body: Any = None, **kwargs: Any) -> httpx.Respo
         kwargs["content"] = json.dumps(body)
         kwargs.setdefault("headers", {})["content-type"] = "application/json"
     return client.post("/retrain/submit", **kwargs)
+
+
+def production(client: httpx.Client) -> str:
+    return client.get("/models").json()["production"]
+
+
+def db_state(server: Server) -> tuple[int, int, list[str], str]:
+    """Examples stored, jobs, published versions and aliases: what a refused request must
+    leave exactly as it was."""
+    db = sqlite3.connect(server.home / "refit.sqlite")
+    try:
+        examples = db.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
+        jobs = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    finally:
+        db.close()
+    folder = server.home / "default"
+    return (
+        examples,
+        jobs,
+        sorted(p.name for p in folder.iterdir() if p.name.startswith("v")),
+        (folder / "aliases.json").read_text(),
+    )

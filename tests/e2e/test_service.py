@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import re
-import sqlite3
 import time
 from pathlib import Path
 
@@ -12,15 +11,11 @@ import httpx
 import pytest
 
 from tests.conftest import banking77_slice, read_banking77
-from tests.e2e.conftest import Server, submit, wait_job
+from tests.e2e.conftest import Server, db_state, production, submit, wait_job
 
 pytestmark = pytest.mark.slow
 
 FIVE = sorted({label for _, label in read_banking77("train")})[10:15]
-
-
-def production(client: httpx.Client) -> str:
-    return client.get("/models").json()["production"]
 
 
 def versions_by_worker(client: httpx.Client, text: str, rounds: int = 40) -> dict[str, str]:
@@ -34,20 +29,6 @@ def versions_by_worker(client: httpx.Client, text: str, rounds: int = 40) -> dic
             if len(seen) == 2 and rounds > 10:
                 break
     return seen
-
-
-def db_state(server: Server) -> tuple[int, int, list[str]]:
-    db = sqlite3.connect(server.home / "refit.sqlite")
-    try:
-        examples = db.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
-        jobs = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-    finally:
-        db.close()
-    return (
-        examples,
-        jobs,
-        sorted(p.name for p in (server.home / "default").iterdir() if p.name.startswith("v")),
-    )
 
 
 def test_first_start_serves_the_shipped_example_model(server: Server) -> None:

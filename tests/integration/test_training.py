@@ -175,11 +175,12 @@ def test_cli_train_json_and_models_commands(tmp_path: Path, ten_classes) -> None
     listed = json.loads(run_cli("--home", home, "models", "list", "--json").stdout)
     assert [(r["version"], r["aliases"]) for r in listed] == [(out["version"], ["production"])]
     verified = json.loads(run_cli("--home", home, "models", "verify", "cli", "--json").stdout)
-    assert verified == {"name": "cli", "version": out["version"], "ok": True, "files": 2}
+    assert verified == [{"name": "cli", "version": out["version"], "ok": True, "files": 2}]
     (Path(out["path"]) / "tokenizer.json").write_text("{}")
     bad = run_cli("--home", home, "models", "verify", "cli")
     assert bad.returncode == 2
-    assert "tokenizer.json: sha256" in bad.stderr and "Traceback" not in bad.stderr
+    assert f"cli {out['version']}: CORRUPT: " in bad.stdout
+    assert "tokenizer.json: sha256" in bad.stdout and "Traceback" not in bad.stderr
 
 
 def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
