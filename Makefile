@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 export ORT_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install serve test test-container bench lint format clean
+.PHONY: install serve test test-container bench audit lint format clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ test: install lint
 bench: install
 	$(BIN)/python bench/serve_bench.py
 	$(BIN)/python bench/learning_curve.py
+
+# Known vulnerabilities in the installed dependencies (needs pypi.org or osv.dev; a
+# mirror without the PyPI JSON API reports every package as "not found": nothing audited).
+audit: install
+	$(BIN)/pip-audit --skip-editable --strict
 
 # Build the CPU image with podman and check it end to end (see tests/container/).
 test-container:

@@ -65,6 +65,20 @@ async def _store_busy(request, exc: StoreBusy) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
 
+def warn_if_open(settings: Settings) -> bool:
+    """Log a warning when writes need no token; True when they do not."""
+    if settings.api_token is not None:
+        return False
+    log.warning(
+        "REFIT_API_TOKEN is not set: retrain, promote, rollback, cancel and retry are open to"
+        " anyone who can reach %s:%d; set a token of 8+ characters to require"
+        " `Authorization: Bearer <token>`",
+        settings.host,
+        settings.port,
+    )
+    return True
+
+
 def _die_with_parent() -> None:  # runs in the trainer child before exec
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -108,6 +122,7 @@ class Refit:
     @bentoml.on_deployment
     def _reconcile_jobs() -> None:  # once, before any worker starts
         settings = Settings()
+        warn_if_open(settings)
         interrupted = Store(
             settings.store_path, busy_timeout_s=settings.store_busy_timeout_s
         ).reconcile()

@@ -71,3 +71,17 @@ def test_peers_quick(tmp_path: Path) -> None:
     assert result["inference"]["refit_onnx"]["texts_per_s_batch32"] > 0
     assert result["inference"]["transformers_pipeline"]["texts_per_s_batch1"] > 0
     assert not (REPO / "checkpoints").exists()  # peers never write into the checkout
+
+
+def test_swap_under_load_quick(tmp_path: Path) -> None:
+    out = tmp_path / "swap.json"
+    proc = run("swap_under_load.py", "--quick", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert proc.returncode == 0, (proc.stderr[-2000:], result)
+    assert result["ok"] is True and result["workers"] == 2
+    assert result["non_2xx"] == 0 and result["unknown_versions"] == []
+    assert result["order_violations"] == []
+    assert [e["kind"] for e in result["events"]] == ["promote"] * 3 + ["rollback"]
+    assert result["latency_idle"]["requests"] > 0 and result["latency_during_swaps"]["requests"] > 0
+    # every version was served by someone: the swaps really happened under load
+    assert result["swap_reached_all_workers"][0]["all_workers_after_s"] is not None

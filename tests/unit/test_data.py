@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from training import DataError, TrainConfig, load_dataset
-from training.data import parse_bytes, stratified_split
+from training.data import build_dataset, parse_bytes, stratified_split
 
 GOOD = [("hello there", "greet"), ("hi", "greet"), ("bye now", "leave"), ("see you", "leave")]
 
@@ -152,3 +152,21 @@ def test_train_config_rejects_bad_values_by_name(kwargs, message) -> None:
     with pytest.raises(ValueError) as info:
         TrainConfig(**kwargs)
     assert str(info.value) == message
+
+
+def test_control_characters_are_refused_with_their_position() -> None:
+    with pytest.raises(DataError) as exc:
+        build_dataset([("row 1", "ok\tfine\n", "a"), ("row 2", "bad\x1bescape", "a")])
+    assert exc.value.problems == [
+        "row 2: text contains control character U+001B at position 3; remove it"
+    ]
+
+
+def test_csv_uploads_can_refuse_extra_columns() -> None:
+    data = b"id,text,label\n1,hi,a\n2,ho,a\n"
+    assert parse_bytes(data, "csv", "upload", check_classes=False).texts == ("hi", "ho")
+    with pytest.raises(DataError) as exc:
+        parse_bytes(data, "csv", "upload", extra_columns=False)
+    assert exc.value.problems == [
+        "upload line 1: unexpected column(s) ['id']; send only `text` and `label`"
+    ]

@@ -108,7 +108,30 @@ def test_process_killed_mid_publish_leaves_no_version(tmp_path: Path) -> None:
     assert proc.exitcode == 9
     registry = Registry(tmp_path)
     assert registry.list_versions("m") == []
+    (left,) = [p.name for p in (tmp_path / "m").iterdir() if p.name.startswith(".staging")]
+    assert left.endswith(f".{proc.pid}")  # named by its owner, now dead
+    assert registry.clean_staging("m") == [left]
     assert publish(registry)  # the registry still works afterwards
+
+
+def test_clean_staging_never_touches_a_live_owner(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    mine = registry.stage("m")
+    assert mine.path.name.endswith(f".{os.getpid()}")
+    assert registry.clean_staging("m") == []
+    assert mine.path.is_dir()
+
+
+def test_fail_point_injects_a_full_disk_at_publish(tmp_path: Path, monkeypatch) -> None:
+    faults = tmp_path / "faults"
+    faults.write_text("publish:enospc")
+    monkeypatch.setenv("REFIT_FAULTS_FILE", str(faults))
+    registry = Registry(tmp_path / "home")
+    with pytest.raises(OSError, match="No space left on device"):
+        publish(registry)
+    assert registry.list_versions("m") == []
+    faults.write_text("training:pause")  # another point: publish goes through
+    assert publish(registry) in registry.list_versions("m")
 
 
 def _publish_many(root: str, n: int, queue) -> None:

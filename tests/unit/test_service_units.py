@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -67,3 +68,26 @@ def test_inference_side_never_imports_torch_or_transformers() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("token", "warned"), [("", True), ("a-long-enough-token", False)])
+def test_open_write_endpoints_are_warned_about_at_start(token: str, warned: bool, tmp_path) -> None:
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO);"
+        "from service.app import warn_if_open; from service.settings import Settings;"
+        "print(warn_if_open(Settings()))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFIT_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**env, "REFIT_API_TOKEN": token, "REFIT_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(warned)
+    message = "REFIT_API_TOKEN is not set: retrain, promote, rollback, cancel and retry are open"
+    assert (message in proc.stderr) is warned
+    assert token == "" or token not in proc.stderr

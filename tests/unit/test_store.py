@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from service.store import Store
+from service.store import Store, StoreBusy
 
 
 @pytest.fixture
@@ -76,3 +76,32 @@ def test_cancel_flag(store: Store) -> None:
     assert store.cancel_requested(job.id)
     store.finish(job.id, "cancelled")
     assert not store.request_cancel(job.id)
+
+
+def test_a_writer_locked_out_gets_store_busy_and_nothing_is_stored(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite", busy_timeout_s=0.3)
+    holder = sqlite3.connect(tmp_path / "s.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreBusy, match=r"stayed locked by another writer for 0.3 s"):
+            store.create_job("m", {}, [("a", "x"), ("b", "y")], mode="append", source="t")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.example_count() == 0 and store.list_jobs() == []
+    job = store.create_job("m", {}, [("a", "x"), ("b", "y")], mode="append", source="t")
+    assert store.example_count() == 2 and store.get_job(job.id).state == "queued"
+
+
+def test_retry_runs_the_same_request_on_the_same_data(store: Store) -> None:
+    first = store.create_job(
+        "m", {"strategy": "auto"}, [("a", "x"), ("b", "y")], mode="replace", source="t"
+    )
+    store.create_job("m", {}, [("c", "x")], mode="append", source="t")  # newer data
+    store.finish(first.id, "interrupted", error="killed")
+    retry = store.retry_job(store.get_job(first.id), owner_pid=7)
+    assert retry.id != first.id and retry.state == "queued"
+    assert retry.request == {"strategy": "auto", "retry_of": first.id}
+    assert retry.batch_id == first.batch_id
+    assert store.dataset("m", upto_batch=retry.batch_id) == [("a", "x"), ("b", "y")]
+    assert store.example_count() == 3
