@@ -123,6 +123,14 @@ def main() -> int:
         "--ft-size", default="32", help="examples per class for the fine-tuning comparison"
     )
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["setfit", "fine_tuning"],
+        default=["setfit", "fine_tuning"],
+        help="what to (re)run; the rest is kept from --out (inference runs with fine_tuning,"
+        " whose model it loads)",
+    )
     args = parser.parse_args()
 
     data_dir = Path(args.data)
@@ -144,6 +152,11 @@ def main() -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if set(args.parts) != {"setfit", "fine_tuning"} and out.exists():
+        kept = json.loads(out.read_text())
+        for part, keys in (("setfit", ["setfit"]), ("fine_tuning", ["fine_tuning", "inference"])):
+            if part not in args.parts:
+                result.update({k: kept[k] for k in keys})
 
     def save() -> None:
         out.write_text(json.dumps(result, indent=2) + "\n")
@@ -153,7 +166,7 @@ def main() -> int:
         test_csv = write_csv(
             tmpd / "test.csv", [(t, y) for t, y in read("test", data_dir) if y in classes]
         )
-        for size, steps in sizes.items():
+        for size, steps in sizes.items() if "setfit" in args.parts else []:
             train_csv = write_csv(
                 tmpd / f"train{size}.csv", sample(read("train", data_dir), int(size), 0, classes)
             )
@@ -183,6 +196,9 @@ def main() -> int:
             )
             save()
 
+        if "fine_tuning" not in args.parts:
+            print(json.dumps(result, indent=2))
+            return 0
         ft_csv = write_csv(
             tmpd / "ft.csv", sample(read("train", data_dir), int(args.ft_size), 0, classes)
         )

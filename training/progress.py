@@ -8,7 +8,7 @@ from typing import Literal
 from models import failpoint
 
 Phase = Literal[
-    "validating", "embedding", "training", "evaluating", "exporting", "publishing", "done"
+    "validating", "embedding", "training", "exporting", "evaluating", "publishing", "done"
 ]
 
 # Share of the whole job each phase is expected to take; used for one overall fraction.
@@ -16,8 +16,8 @@ _PHASE_SPAN: dict[str, tuple[float, float]] = {
     "validating": (0.0, 0.02),
     "embedding": (0.02, 0.30),
     "training": (0.30, 0.85),
-    "evaluating": (0.85, 0.92),
-    "exporting": (0.92, 0.97),
+    "exporting": (0.85, 0.92),  # export, then evaluate the exported model: in that order
+    "evaluating": (0.92, 0.97),
     "publishing": (0.97, 1.0),
     "done": (1.0, 1.0),
 }

@@ -174,7 +174,7 @@ def test_auth_is_required_for_writes_only(server: Server) -> None:
             400,
             "top_k must be between 1 and 100, got 10000",
         ),
-        ({"json": {"texts": "not a list"}}, 400, "validation error"),
+        ({"json": {"texts": "not a list"}}, 400, "texts: Input should be a valid array"),
         (
             {
                 "content": b"x" * (2 * 1024 * 1024 + 1),
@@ -343,6 +343,7 @@ def test_restart_keeps_jobs_and_production_and_marks_killed_job_interrupted(serv
         while c.get(f"/jobs/{running}").json()["phase"] not in ("embedding", "training"):
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        stored = db_state(server)
     import signal
 
     server.stop(signal.SIGKILL)  # the whole service, trainer included, dies mid-job
@@ -356,3 +357,28 @@ def test_restart_keeps_jobs_and_production_and_marks_killed_job_interrupted(serv
         assert not [p for p in (server.home / "default").iterdir() if p.name.startswith(".staging")]
         r = c.post("/predict", json={"texts": ["hello"]})
         assert r.status_code == 200 and r.json()["version"] == champion
+        assert db_state(server) == stored  # examples, versions and aliases as before the kill
+        r = c.post(f"/jobs/{running}/retry")
+        assert r.status_code == 202, r.text
+        job, _ = wait_job(c, r.json()["id"], timeout=300)
+        assert job["state"] == "succeeded", job
+        assert job["request"]["retry_of"] == running
+        assert job["result"]["examples"] >= len(rows)  # the stored examples, with the new ones
+
+
+def test_request_texts_and_training_examples_never_reach_the_logs(server: Server) -> None:
+    marker = "zq-private-7781 please wire my rent to the landlord"
+    with server.client() as c:
+        assert c.post("/predict", json={"texts": [marker]}).status_code == 200
+        r = submit(
+            c, {"examples": [{"text": marker, "label": "a"}, {"text": marker, "label": "b"}]}
+        )
+        assert r.status_code == 400
+    trained = banking77_slice("train", FIVE, per_class=8) + banking77_slice(
+        "train", FIVE, per_class=30, seed=5
+    )
+    log = server.log_path.read_text(errors="replace")
+    assert "zq-private-7781" not in log
+    leaked = [t for t, _ in trained if t in log]
+    assert leaked == []
+    assert "e2e-secret-token" not in log
