@@ -45,6 +45,12 @@ class Metrics(_Frozen):
     macro_f1: float
     count: int = Field(description="size of the evaluation set")
     per_class: dict[str, ClassMetrics] = Field(default_factory=dict)
+    mean_confidence: float | None = Field(
+        None, description="mean top-1 probability: the drift signal's reference"
+    )
+    predicted_counts: dict[str, int] | None = Field(
+        None, description="predicted labels: the reference for the live label distribution"
+    )
     confusion: list[list[int]] | None = Field(
         None, description="rows: true label, columns: predicted label, in `labels` order"
     )

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse
 
 from models import CorruptVersionError, Registry, RegistryError
 from service import metrics
+from service.drift import drift_report
 from service.middleware import (
     ErrorShapeMiddleware,
     LimitsAndAuthMiddleware,
@@ -33,9 +34,15 @@ from service.middleware import (
     format_errors,
 )
 from service.runtime import LoadedModel, MicroBatcher, ModelHolder
-from service.schemas import Example, PredictResponse, PromoteRequest, error_responses
+from service.schemas import (
+    Example,
+    FeedbackRequest,
+    PredictResponse,
+    PromoteRequest,
+    error_responses,
+)
 from service.settings import Settings
-from service.store import ACTIVE_STATES, Store, StoreBusy
+from service.store import ACTIVE_STATES, RetrainPolicy, Store, StoreBusy
 from training.data import control_character
 
 log = logging.getLogger("service")
@@ -113,6 +120,15 @@ class Refit:
         )
         self._served: LoadedModel | None = None
         self._background: set[asyncio.Task] = set()
+        # live traffic, flushed to the store every REFIT_TRIGGER_POLL_S
+        self._traffic: dict[tuple[str, str], list[float]] = {}
+        self._uncertain: list[tuple[str, str, float, str, float]] = []
+        self.policy = RetrainPolicy(
+            min_pending=self.settings.retrain_min_pending,
+            interval_s=self.settings.retrain_interval_s,
+            drift_threshold=self.settings.drift_threshold,
+            backoff_s=self.settings.retrain_backoff_s,
+        )
         self._swap(force=True)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -140,7 +156,65 @@ class Refit:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self._swap)
 
-        self._watcher = asyncio.get_running_loop().create_task(loop())
+        async def triggers() -> None:
+            while True:
+                await asyncio.sleep(self.settings.trigger_poll_s)
+                try:
+                    await self._flush_and_trigger()
+                except Exception:  # never let the loop die; the next poll tries again
+                    log.exception("trigger check failed")
+
+        running = asyncio.get_running_loop()
+        self._watcher = running.create_task(loop())
+        self._triggers = running.create_task(triggers())
+
+    async def _flush_and_trigger(self) -> None:
+        traffic, self._traffic = self._traffic, {}
+        uncertain, self._uncertain = self._uncertain, []
+        name = self.settings.model_name
+        if traffic:
+            counts = {k: (int(v[0]), v[1]) for k, v in traffic.items()}
+            await asyncio.to_thread(self.store.add_traffic, name, counts)
+        if uncertain:
+            await asyncio.to_thread(
+                self.store.add_uncertain,
+                name,
+                uncertain,
+                keep_text=self.settings.store_uncertain_texts,
+            )
+        report = await asyncio.to_thread(self._drift)
+        if report is not None and report["label_js_divergence"] is not None:
+            metrics.DRIFT_JS.labels(name, report["version"]).set(report["label_js_divergence"])
+        if report is not None and report["live_mean_confidence"] is not None:
+            metrics.LIVE_CONFIDENCE.labels(name, report["version"]).set(
+                report["live_mean_confidence"]
+            )
+        if not self.settings.auto_retrain:
+            return
+        drift = report["label_js_divergence"] if report else None
+        job = await asyncio.to_thread(
+            self.store.maybe_trigger, name, self.policy, drift=drift, owner_pid=os.getpid()
+        )
+        if job is None:
+            return
+        metrics.AUTO_RETRAINS.labels(name, job.request["trigger"]).inc()
+        log.info("job %s started by a trigger: %s", job.id, job.request["cause"])
+        task = asyncio.get_running_loop().create_task(self._run_job(job.id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _drift(self) -> dict[str, Any] | None:
+        model = self.holder.model
+        if model is None:
+            return None
+        try:
+            meta = self.registry.get(model.name, model.version).metadata
+        except (RegistryError, LookupError):
+            return None
+        counts, confidence = self.store.traffic(model.name, model.version)
+        return drift_report(
+            meta, counts, confidence, min_predictions=self.settings.drift_min_predictions
+        )
 
     def _swap(self, force: bool = False) -> None:
         if not self.holder.refresh() and not force:
@@ -155,6 +229,10 @@ class Refit:
             metrics.MODEL_SWAPS.labels(model.name).inc()
         metrics.MODEL_INFO.labels(model.name, model.version, model.strategy, model.provider).set(1)
         metrics.MODEL_MACRO_F1.labels(model.name, model.version).set(model.macro_f1)
+        with contextlib.suppress(RegistryError, LookupError):
+            conf = self.registry.get(model.name, model.version).metadata.metrics.mean_confidence
+            if conf is not None:
+                metrics.VALIDATION_CONFIDENCE.labels(model.name, model.version).set(conf)
         self._served = model
 
     @staticmethod
@@ -204,9 +282,16 @@ class Refit:
         k = min(top_k, len(model.labels))
         top = np.argsort(-probs, axis=1)[:, :k]
         predictions = []
-        for row, order in zip(probs, top, strict=True):
+        now = time.time()
+        for text, row, order in zip(texts, probs, top, strict=True):
             best = model.labels[int(order[0])]
+            score = float(row[order[0]])
             metrics.PREDICTIONS.labels(model.name, model.version, best).inc()
+            seen = self._traffic.setdefault((model.version, best), [0, 0.0])
+            seen[0] += 1
+            seen[1] += score
+            if score < self.settings.uncertain_below and len(self._uncertain) < 1000:
+                self._uncertain.append((model.version, best, round(score, 6), text, now))
             predictions.append(
                 {
                     "label": best,
@@ -297,6 +382,9 @@ class Refit:
             assert job is not None
         strategy = (job.result or {}).get("strategy", "none")
         metrics.RETRAIN_JOBS.labels(strategy, job.state).inc()
+        if job.result is not None and job.result.get("promoted") is False:
+            source = "trigger" if "trigger" in job.request else "request"
+            metrics.CHALLENGERS_REJECTED.labels(job.model, source).inc()
         metrics.RETRAIN_DURATION.observe(time.monotonic() - started)
         return job.to_dict()
 
@@ -339,10 +427,17 @@ class Refit:
             )
             versions.append(row)
         served = self.holder.model
+        state = self.store.trigger_state(name)
         return {
             "model": name,
             "production": aliases.get("production"),
             "previous": aliases.get("previous"),
+            "retrain_policy": {
+                "auto_retrain": self.settings.auto_retrain,
+                **self.policy.to_dict(),
+                "state": state,
+            },
+            "drift": self._drift(),
             "serving": {
                 "version": served.version if served else None,
                 "provider": served.provider if served else None,
@@ -371,6 +466,63 @@ class Refit:
         except RegistryError as exc:
             return error(409, str(exc))
         return {"model": self.settings.model_name, **aliases}
+
+    @admin.post("/feedback", responses=error_responses(400, 401, 413, 503))
+    def feedback(self, body: FeedbackRequest) -> Any:
+        """Labeled examples from users (auth required), validated like retrain data and stored
+        as pending; a trigger retrains on them (see `retrain_policy` in `GET /models`)."""
+        from training.data import DataError, build_dataset
+
+        limits = self.settings
+        if len(body.examples) > limits.max_examples_per_request:
+            return error(
+                413,
+                f"{len(body.examples)} examples in one request, the limit is {limits.max_examples_per_request}",
+                fix="split the request or raise REFIT_MAX_EXAMPLES_PER_REQUEST",
+            )
+        try:
+            dataset = build_dataset(
+                ((f"examples[{i}]", e.text, e.label) for i, e in enumerate(body.examples)),
+                check_classes=False,
+            )
+            if dataset.conflicts:
+                shown = ", ".join(repr(t[:60]) for t in dataset.conflicts[:5])
+                raise DataError(
+                    [
+                        f"{len(dataset.conflicts)} text(s) appear with different labels in this request ({shown}); keep one label per text"
+                    ]
+                )
+            known = {label for _, label in self.store.dataset(limits.model_name)}
+            labels = known | set(dataset.labels)
+            if len(labels) > limits.max_classes:
+                raise DataError(
+                    [f"{len(labels)} distinct labels, the limit is {limits.max_classes}"]
+                )
+        except DataError as exc:
+            return error(400, f"invalid examples: {exc}", problems=exc.problems[:20])
+        ids = {e.text: e.prediction_id for e in body.examples}
+        rows = [(t, y, ids.get(t)) for t, y in zip(dataset.texts, dataset.labels, strict=True)]
+        _, pending = self.store.add_feedback(limits.model_name, rows)
+        metrics.FEEDBACK_EXAMPLES.labels(limits.model_name).inc(len(rows))
+        metrics.FEEDBACK_PENDING.labels(limits.model_name).set(pending)
+        return {
+            "accepted": len(rows),
+            "duplicates_dropped": dataset.duplicates_dropped,
+            "new_labels": sorted(set(dataset.labels) - known),
+            "pending": pending,
+            "retrain_at_pending": self.policy.min_pending or None,
+        }
+
+    @admin.get("/feedback/uncertain", responses=error_responses(401))
+    def uncertain(self, limit: int = 50) -> dict[str, Any]:
+        """The newest low-confidence inputs, for labeling (auth required). The text is kept
+        only with REFIT_STORE_UNCERTAIN_TEXTS=true; otherwise its sha256."""
+        limit = max(1, min(limit, 1000))
+        return {
+            "threshold": self.settings.uncertain_below,
+            "texts_stored": self.settings.store_uncertain_texts,
+            "inputs": self.store.uncertain(self.settings.model_name, limit),
+        }
 
     @admin.get("/jobs")
     def list_jobs(self, limit: int = 50) -> dict[str, Any]:

@@ -47,3 +47,36 @@ MODEL_MACRO_F1 = Gauge(
 MODEL_SWAPS = Counter(
     "refit_model_swaps", "Production model swaps done by inference workers", ["model"]
 )
+DRIFT_JS = Gauge(
+    "refit_drift_label_js_divergence",
+    "JS divergence of live predicted labels vs validation's, per served version",
+    ["model", "version"],
+    multiprocess_mode="mostrecent",
+)
+LIVE_CONFIDENCE = Gauge(
+    "refit_drift_live_mean_confidence",
+    "Mean top-1 score of live predictions, per served version",
+    ["model", "version"],
+    multiprocess_mode="mostrecent",
+)
+VALIDATION_CONFIDENCE = Gauge(
+    "refit_drift_validation_mean_confidence",
+    "Mean top-1 score on the version's validation split (the reference)",
+    ["model", "version"],
+    multiprocess_mode="mostrecent",
+)
+FEEDBACK_PENDING = Gauge(
+    "refit_feedback_pending",
+    "Labeled feedback examples not yet trained on",
+    ["model"],
+    multiprocess_mode="mostrecent",
+)
+FEEDBACK_EXAMPLES = Counter("refit_feedback_examples", "Feedback examples accepted", ["model"])
+AUTO_RETRAINS = Counter(
+    "refit_auto_retrains", "Retrain jobs started by a trigger, by cause", ["model", "cause"]
+)
+CHALLENGERS_REJECTED = Counter(
+    "refit_challengers_rejected",
+    "Finished jobs whose version the promotion gate kept as a candidate",
+    ["model", "source"],
+)

@@ -29,7 +29,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-PROTECTED = ("/retrain", "/models/promote", "/models/rollback")
+PROTECTED = ("/retrain", "/models/promote", "/models/rollback", "/feedback")
 PREDICT_FIELDS = {"texts", "top_k"}
 SUBMIT_PATH = "/retrain/submit"
 UPLOAD_TYPES = {

@@ -23,6 +23,20 @@ class RetrainRequest(BaseModel):
     promote: Literal["auto", "always", "never"] = "auto"
 
 
+class FeedbackExample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    label: str
+    prediction_id: str | None = Field(None, max_length=100)
+
+
+class FeedbackRequest(BaseModel):
+    """Body of `POST /feedback`: labeled examples, pending until a retrain uses them."""
+
+    model_config = ConfigDict(extra="forbid")
+    examples: list[FeedbackExample] = Field(min_length=1)
+
+
 class RetrainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto"

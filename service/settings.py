@@ -66,6 +66,33 @@ class Settings(BaseSettings):
     store_busy_timeout_s: float = Field(
         30, gt=0, le=600, description="how long a write waits for another SQLite writer"
     )
+    auto_retrain: bool = Field(
+        True, description="start retrain jobs by themselves when a trigger fires"
+    )
+    retrain_min_pending: int = Field(
+        200, ge=0, description="trigger (a): this many new labeled examples (0: off)"
+    )
+    retrain_interval_s: float = Field(
+        0, ge=0, description="trigger (b): this long since the last retrain, with new data (0: off)"
+    )
+    drift_threshold: float = Field(
+        0.2, ge=0, le=1, description="trigger (c): label JS divergence, with new data (0: off)"
+    )
+    drift_min_predictions: int = Field(
+        200, ge=1, description="live predictions before the drift signal counts"
+    )
+    retrain_backoff_s: float = Field(
+        600, ge=0, description="wait after a failed automatic job; doubles per failure in a row"
+    )
+    trigger_poll_s: float = Field(
+        5.0, gt=0, le=3600, description="how often workers flush traffic stats and check triggers"
+    )
+    uncertain_below: float = Field(
+        0.5, ge=0, le=1, description="top-1 score under which an input counts as uncertain"
+    )
+    store_uncertain_texts: bool = Field(
+        False, description="keep the text of uncertain inputs for labeling (off: a hash only)"
+    )
     log_texts: bool = Field(
         False, description="log request texts (off: texts never reach the logs)"
     )

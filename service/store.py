@@ -10,6 +10,8 @@ Writers use short transactions in WAL mode; readers never block writers.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import sqlite3
@@ -55,10 +57,44 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    source TEXT NOT NULL DEFAULT 'http'
 );
 CREATE INDEX IF NOT EXISTS jobs_model_state ON jobs(model, state);
+CREATE TABLE IF NOT EXISTS traffic (
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    label TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    confidence_sum REAL NOT NULL,
+    PRIMARY KEY (model, version, label)
+);
+CREATE TABLE IF NOT EXISTS uncertain (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    label TEXT NOT NULL,
+    score REAL NOT NULL,
+    text_sha256 TEXT NOT NULL,
+    text TEXT,
+    created_at REAL NOT NULL
+);
 """
+
+UNCERTAIN_KEPT = 1000  # rows of low-confidence inputs kept per model
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """When a model retrains by itself; every trigger needs new labeled examples."""
+
+    min_pending: int = 200  # (a) this many new labeled examples; 0: off
+    interval_s: float = 0.0  # (b) this long since the last successful job; 0: off
+    drift_threshold: float = 0.2  # (c) label-distribution JS divergence at or above; 0: off
+    backoff_s: float = 600.0  # after a failed automatic job; doubles per consecutive failure
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -139,6 +175,11 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._guard(), closing(self._connect()) as db:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(examples)")}
+            if "prediction_id" not in columns:  # stores created before feedback existed
+                db.execute("ALTER TABLE examples ADD COLUMN prediction_id TEXT")
+            if "source" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+                db.execute("ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'http'")
 
     def _connect(self) -> sqlite3.Connection:
         # SQLite's busy handler retries a locked write until the timeout, then gives up.
@@ -224,12 +265,179 @@ class Store:
                 [(batch_id, t, label) for t, label in examples],
             )
             db.execute(
-                "INSERT INTO jobs (id, model, state, request, batch_id, pid, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                (job_id, model, json.dumps(request), batch_id, owner_pid, now),
+                "INSERT INTO jobs (id, model, state, request, batch_id, pid, created_at, source) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, model, json.dumps(request), batch_id, owner_pid, now, source),
             )
         job = self.get_job(job_id)
         assert job is not None
         return job
+
+    # -- feedback, triggers ----------------------------------------------------------------
+    def add_feedback(
+        self, model: str, examples: Sequence[tuple[str, str, str | None]]
+    ) -> tuple[int, int]:
+        """Labeled examples from users, pending until a job trains on them. Returns the
+        batch id and how many examples are pending now."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO batches (model, mode, job_id, source, created_at) VALUES (?, 'append', NULL, 'feedback', ?)",
+                (model, time.time()),
+            )
+            batch_id = cur.lastrowid
+            db.executemany(
+                "INSERT INTO examples (batch_id, text, label, prediction_id) VALUES (?, ?, ?, ?)",
+                [(batch_id, t, label, pid) for t, label, pid in examples],
+            )
+            pending = self._pending(db, model)
+        assert batch_id is not None
+        return batch_id, pending
+
+    @staticmethod
+    def _pending(db: sqlite3.Connection, model: str) -> int:
+        """Feedback examples newer than the data of the last job that succeeded."""
+        consumed = db.execute(
+            "SELECT COALESCE(MAX(batch_id), 0) FROM jobs WHERE model=? AND state='succeeded'",
+            (model,),
+        ).fetchone()[0]
+        return int(
+            db.execute(
+                "SELECT COUNT(*) FROM examples e JOIN batches b ON e.batch_id=b.id "
+                "WHERE b.model=? AND b.source='feedback' AND b.id>?",
+                (model, consumed),
+            ).fetchone()[0]
+        )
+
+    def trigger_state(self, model: str) -> dict[str, Any]:
+        """What the triggers look at; all of it derived from durable rows, so it survives
+        restarts."""
+        with closing(self._connect()) as db:
+            return self._trigger_state(db, model)
+
+    def _trigger_state(self, db: sqlite3.Connection, model: str) -> dict[str, Any]:
+        last_success = db.execute(
+            "SELECT MAX(finished_at) FROM jobs WHERE model=? AND state='succeeded'", (model,)
+        ).fetchone()[0]
+        failures, last_failure = 0, None
+        for row in db.execute(
+            "SELECT state, finished_at FROM jobs WHERE model=? AND source='trigger' "
+            "AND state NOT IN ('queued', 'running') ORDER BY created_at DESC, rowid DESC",
+            (model,),
+        ):
+            if row["state"] == "succeeded":
+                break
+            failures += 1
+            last_failure = last_failure or row["finished_at"]
+        first_pending = db.execute(
+            "SELECT MIN(b.created_at) FROM batches b WHERE b.model=? AND b.source='feedback' "
+            "AND b.id > (SELECT COALESCE(MAX(batch_id), 0) FROM jobs WHERE model=? AND state='succeeded')",
+            (model, model),
+        ).fetchone()[0]
+        active = db.execute(
+            "SELECT id FROM jobs WHERE model=? AND state IN ('queued', 'running') LIMIT 1",
+            (model,),
+        ).fetchone()
+        return {
+            "pending": self._pending(db, model),
+            "first_pending_at": first_pending,
+            "last_success_at": last_success,
+            "consecutive_failures": failures,
+            "last_failure_at": last_failure,
+            "active_job": active[0] if active else None,
+        }
+
+    def maybe_trigger(
+        self,
+        model: str,
+        policy: RetrainPolicy,
+        *,
+        drift: float | None = None,
+        now: float | None = None,
+        owner_pid: int | None = None,
+    ) -> Job | None:
+        """Queue an automatic retrain when a trigger fires; atomic, so concurrent callers
+        (every inference worker polls) never start two jobs for one model."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            state = self._trigger_state(db, model)
+            fired = trigger_cause(policy, state, drift, now)
+            if fired is None:
+                return None
+            kind, cause = fired
+            job_id = uuid.uuid4().hex[:16]
+            cur = db.execute(
+                "INSERT INTO batches (model, mode, job_id, source, created_at) VALUES (?, 'append', ?, 'trigger', ?)",
+                (model, job_id, now),
+            )
+            request = {
+                "strategy": "auto",
+                "mode": "append",
+                "promote": "auto",
+                "trigger": kind,
+                "cause": cause,
+                "pending": state["pending"],
+            }
+            db.execute(
+                "INSERT INTO jobs (id, model, state, request, batch_id, pid, created_at, source) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?, 'trigger')",
+                (job_id, model, json.dumps(request), cur.lastrowid, owner_pid, now),
+            )
+        return self.get_job(job_id)
+
+    # -- live traffic: drift statistics and low-confidence inputs ----------------------------
+    def add_traffic(self, model: str, counts: dict[tuple[str, str], tuple[int, float]]) -> None:
+        """Add `{(version, label): (count, confidence_sum)}` from one worker."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO traffic (model, version, label, count, confidence_sum) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (model, version, label) DO UPDATE SET count=count+excluded.count, "
+                "confidence_sum=confidence_sum+excluded.confidence_sum",
+                [(model, v, label, n, c) for (v, label), (n, c) in counts.items()],
+            )
+
+    def traffic(self, model: str, version: str) -> tuple[dict[str, int], float]:
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT label, count, confidence_sum FROM traffic WHERE model=? AND version=?",
+                (model, version),
+            ).fetchall()
+        return {r["label"]: r["count"] for r in rows}, float(sum(r["confidence_sum"] for r in rows))
+
+    def add_uncertain(
+        self, model: str, rows: Sequence[tuple[str, str, float, str, float]], *, keep_text: bool
+    ) -> None:
+        """`(version, label, score, text, created_at)` rows; the text itself only with
+        `keep_text` (an operator's choice), its sha256 always. Keeps the newest rows."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO uncertain (model, version, label, score, text_sha256, text, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        model,
+                        v,
+                        label,
+                        score,
+                        hashlib.sha256(text.encode()).hexdigest(),
+                        text if keep_text else None,
+                        at,
+                    )
+                    for v, label, score, text, at in rows
+                ],
+            )
+            db.execute(
+                "DELETE FROM uncertain WHERE model=? AND id <= "
+                "(SELECT COALESCE(MAX(id), 0) FROM uncertain WHERE model=?) - ?",
+                (model, model, UNCERTAIN_KEPT),
+            )
+
+    def uncertain(self, model: str, limit: int) -> list[dict[str, Any]]:
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT version, label, score, text_sha256, text, created_at FROM uncertain "
+                "WHERE model=? ORDER BY id DESC LIMIT ?",
+                (model, limit),
+            ).fetchall()
+        return [dict(r) for r in rows]
 
     def retry_job(self, job: Job, *, owner_pid: int | None = None) -> Job:
         """A new queued job with the same request on the same data as `job` (no new batch)."""
@@ -349,3 +557,32 @@ class Store:
                 )
                 interrupted.append(row["id"])
         return interrupted
+
+
+def trigger_cause(
+    policy: RetrainPolicy, state: dict[str, Any], drift: float | None, now: float
+) -> tuple[str, str] | None:
+    """Why an automatic retrain should start now, or None. Pure: the unit tests' subject."""
+    pending = state["pending"]
+    if pending == 0 or state["active_job"] is not None:
+        return None
+    failures = state["consecutive_failures"]
+    if failures and state["last_failure_at"] is not None:
+        wait = policy.backoff_s * 2 ** (failures - 1)
+        if now < state["last_failure_at"] + wait:
+            return None
+    if policy.min_pending and pending >= policy.min_pending:
+        return "pending", f"{pending} new labeled examples pending (threshold {policy.min_pending})"
+    if policy.interval_s:
+        since = state["last_success_at"] or state["first_pending_at"]
+        if since is not None and now - since >= policy.interval_s:
+            return (
+                "schedule",
+                f"{now - since:.0f} s since the last retrain (interval {policy.interval_s:g} s), {pending} new examples",
+            )
+    if policy.drift_threshold and drift is not None and drift >= policy.drift_threshold:
+        return (
+            "drift",
+            f"label distribution JS divergence {drift:.3f} >= {policy.drift_threshold:g}, {pending} new examples",
+        )
+    return None

@@ -128,6 +128,11 @@ def run_job(job_id: str, settings: Settings) -> int:
         val = result.validation
         champion = champion_metrics(registry, job.model, list(val.texts), list(val.labels))
         champion_version, champion_m = champion if champion else (None, None)
+        previous = (
+            registry.get(job.model, champion_version).metadata.strategy
+            if champion_version
+            else None
+        )
         promote, why = gate(
             request.get("promote", "auto"), meta.metrics, champion_m, settings.promotion_tolerance
         )
@@ -137,6 +142,8 @@ def run_job(job_id: str, settings: Settings) -> int:
             "model": job.model,
             "version": meta.version,
             "strategy": meta.strategy,
+            "previous_strategy": previous,
+            "strategy_changed": previous is not None and previous != meta.strategy,
             "reason": meta.reason,
             "policy_inputs": meta.policy_inputs,
             "counts": meta.data.per_class,

@@ -222,7 +222,17 @@ def train(
 
         def score(ds: Dataset) -> Metrics:
             probs = runner.predict_proba(list(ds.texts))
-            return compute_metrics([label_id[x] for x in ds.labels], probs.argmax(1), labels)
+            predicted = probs.argmax(1)
+            metrics = compute_metrics([label_id[x] for x in ds.labels], predicted, labels)
+            return metrics.model_copy(
+                update={
+                    "mean_confidence": round(float(probs.max(1).mean()), 6),
+                    "predicted_counts": {
+                        labels[i]: int(n)
+                        for i, n in enumerate(np.bincount(predicted, minlength=len(labels)))
+                    },
+                }
+            )
 
         metrics = score(val_set)
         report(
