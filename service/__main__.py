@@ -30,12 +30,22 @@ def ensure_production_model(settings) -> None:
         settings.root,
         data,
     )
-    from training import TrainConfig
+    from service.store import Store
+    from training import TrainConfig, load_dataset
     from training.pipeline import train
 
+    dataset = load_dataset(data)
     # feature extraction: a first start should take seconds, not minutes
     config = TrainConfig(name=settings.model_name, strategy="feature_extraction", promote=True)
-    result = train(data, config, registry=registry)
+    result = train(dataset, config, registry=registry)
+    # The first model's examples become the stored dataset: feedback and `append` retrains
+    # build on them rather than starting over.
+    Store(settings.store_path, busy_timeout_s=settings.store_busy_timeout_s).add_examples(
+        settings.model_name,
+        list(zip(dataset.texts, dataset.labels, strict=True)),
+        mode="replace",
+        source="first-start",
+    )
     meta = result.metadata
     log.info(
         "trained %s/%s (%s): validation accuracy %.3f",

@@ -273,23 +273,40 @@ class Store:
         return job
 
     # -- feedback, triggers ----------------------------------------------------------------
+    def add_examples(
+        self,
+        model: str,
+        examples: Sequence[tuple[str, str]] | Sequence[tuple[str, str, str | None]],
+        *,
+        mode: str,
+        source: str,
+    ) -> int:
+        """Store a batch of examples without a job; returns its id."""
+        with self._tx() as db:
+            return self._add_batch(db, model, examples, mode, source)
+
+    @staticmethod
+    def _add_batch(db: sqlite3.Connection, model: str, examples, mode: str, source: str) -> int:
+        cur = db.execute(
+            "INSERT INTO batches (model, mode, job_id, source, created_at) VALUES (?, ?, NULL, ?, ?)",
+            (model, mode, source, time.time()),
+        )
+        batch_id = cur.lastrowid
+        assert batch_id is not None
+        db.executemany(
+            "INSERT INTO examples (batch_id, text, label, prediction_id) VALUES (?, ?, ?, ?)",
+            [(batch_id, e[0], e[1], e[2] if len(e) > 2 else None) for e in examples],
+        )
+        return batch_id
+
     def add_feedback(
         self, model: str, examples: Sequence[tuple[str, str, str | None]]
     ) -> tuple[int, int]:
         """Labeled examples from users, pending until a job trains on them. Returns the
         batch id and how many examples are pending now."""
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO batches (model, mode, job_id, source, created_at) VALUES (?, 'append', NULL, 'feedback', ?)",
-                (model, time.time()),
-            )
-            batch_id = cur.lastrowid
-            db.executemany(
-                "INSERT INTO examples (batch_id, text, label, prediction_id) VALUES (?, ?, ?, ?)",
-                [(batch_id, t, label, pid) for t, label, pid in examples],
-            )
+            batch_id = self._add_batch(db, model, examples, "append", "feedback")
             pending = self._pending(db, model)
-        assert batch_id is not None
         return batch_id, pending
 
     @staticmethod
