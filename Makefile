@@ -31,6 +31,8 @@ test: install lint
 # Benchmarks (long: the full learning curve takes hours on 2 CPU cores); results in bench/results/.
 bench: install
 	$(BIN)/python bench/serve_bench.py
+	$(BIN)/python bench/swap_under_load.py
+	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/learning_curve.py
 
 # Known vulnerabilities in the installed dependencies (needs pypi.org or osv.dev; a
