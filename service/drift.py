@@ -14,6 +14,8 @@ from typing import Any
 
 from models import ModelMetadata
 
+MIN_REFERENCE = 50  # validation predictions below this make too noisy a reference
+
 
 def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> float:
     """Jensen-Shannon divergence (base 2) of two distributions given as counts or weights."""
@@ -42,18 +44,20 @@ def reference(meta: ModelMetadata) -> tuple[dict[str, int], str]:
 def drift_report(
     meta: ModelMetadata, counts: Mapping[str, int], confidence_sum: float, *, min_predictions: int
 ) -> dict[str, Any]:
-    """The drift signals of one version; divergence is None until `min_predictions`."""
+    """The drift signals of one version; divergence is None until `min_predictions` live
+    predictions, and for versions validated on fewer than `MIN_REFERENCE` examples."""
     n = sum(counts.values())
     ref, source = reference(meta)
     live_conf = confidence_sum / n if n else None
     ref_conf = meta.metrics.mean_confidence
-    enough = n >= min_predictions and sum(ref.values()) > 0
+    enough = n >= min_predictions and sum(ref.values()) >= MIN_REFERENCE
     return {
         "version": meta.version,
         "predictions": n,
         "min_predictions": min_predictions,
         "label_js_divergence": round(js_divergence(counts, ref), 4) if enough else None,
         "reference": source,
+        "reference_count": sum(ref.values()),
         "live_mean_confidence": round(live_conf, 4) if live_conf is not None else None,
         "validation_mean_confidence": ref_conf,
         "confidence_drop": (

@@ -38,7 +38,7 @@ def loop_server(tmp_path_factory) -> Iterator[Server]:
         REFIT_RETRAIN_MIN_PENDING=str(PENDING),
         REFIT_TRIGGER_POLL_S="1",
         REFIT_FINE_TUNING_AT="20",  # so that 23 per class moves the model to fine-tuning
-        REFIT_DRIFT_MIN_PREDICTIONS="50",
+        REFIT_DRIFT_THRESHOLD="0",  # this test is about the pending trigger (drift: unit tests)
         REFIT_STORE_UNCERTAIN_TEXTS="true",
         REFIT_UNCERTAIN_BELOW="0.6",
     )

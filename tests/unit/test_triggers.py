@@ -170,3 +170,42 @@ def test_traffic_counts_add_up_across_workers(store: Store) -> None:
     store.add_traffic("m", {("v1", "a"): (2, 1.6), ("v2", "a"): (7, 7.0)})
     counts, confidence = store.traffic("m", "v1")
     assert counts == {"a": 5, "b": 1} and confidence == pytest.approx(4.5)
+
+
+def test_drift_report_needs_enough_live_and_reference_predictions() -> None:
+    from datetime import UTC, datetime
+
+    from models import BackboneInfo, DataSummary, Metrics, ModelMetadata, OnnxInfo
+    from service.drift import drift_report
+
+    def meta(predicted: dict[str, int]) -> ModelMetadata:
+        return ModelMetadata(
+            name="m",
+            version="v1",
+            created_at=datetime.now(UTC),
+            labels=sorted(predicted),
+            backbone=BackboneInfo(name="b", sha256="0" * 64),
+            strategy="feature_extraction",
+            reason="test",
+            data=DataSummary(
+                count=1, per_class={}, sha256="0" * 64, train_count=1, validation_count=1
+            ),
+            metrics=Metrics(
+                accuracy=1.0, macro_f1=1.0, count=1, mean_confidence=0.9, predicted_counts=predicted
+            ),
+            max_length=128,
+            onnx=OnnxInfo(opset=17, inputs=[], outputs=[], parity_max_abs_diff=0.0),
+        )
+
+    big = meta({"a": 30, "b": 30})
+    report = drift_report(big, {"a": 90, "b": 10}, 70.0, min_predictions=100)
+    assert report["label_js_divergence"] == pytest.approx(
+        js_divergence({"a": 9, "b": 1}, {"a": 1, "b": 1}), abs=1e-4
+    )
+    assert report["live_mean_confidence"] == 0.7 and report["confidence_drop"] == pytest.approx(0.2)
+    assert drift_report(big, {"a": 90}, 80.0, min_predictions=100)["label_js_divergence"] is None
+    small = meta({"a": 5, "b": 5})  # a 10-example validation split: no reference
+    assert (
+        drift_report(small, {"a": 900, "b": 100}, 700.0, min_predictions=100)["label_js_divergence"]
+        is None
+    )
