@@ -39,6 +39,23 @@ def banking77_texts(split: str) -> list[tuple[str, str]]:
         return [(r["text"], r["category"]) for r in csv.DictReader(fh)]
 
 
+def first_model_csv(folder: Path, per_class: int = 8) -> Path:
+    """The full Banking77 label set (77 classes), `per_class` each from the train split: a
+    realistic head size, quick to train. Written as CSV for REFIT_DEFAULT_DATA."""
+    seen: dict[str, int] = {}
+    rows = []
+    for t, y in banking77_texts("train"):
+        if seen.get(y, 0) < per_class:
+            seen[y] = seen.get(y, 0) + 1
+            rows.append((t, y))
+    path = folder / "train.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -164,19 +181,7 @@ def main() -> int:
     n_throughput = 128 if args.quick else 3000
     test_texts = [t for t, _ in banking77_texts("test")]
     tmp = Path(tempfile.mkdtemp(prefix="refit-bench-"))
-    # Full Banking77 label set (77 classes), 8 per class: a realistic head size, quick to train.
-    rows = banking77_texts("train")
-    per: dict[str, int] = {}
-    data = []
-    for t, y in rows:
-        if per.get(y, 0) < 8:
-            per[y] = per.get(y, 0) + 1
-            data.append((t, y))
-    data_path = tmp / "train.csv"
-    with data_path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows(data)
+    data_path = first_model_csv(tmp)
 
     server = make_server(
         tmp, REFIT_DEFAULT_DATA=str(data_path), REFIT_API_TOKEN="", REFIT_THREADS="1"

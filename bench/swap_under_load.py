@@ -16,7 +16,6 @@ swaps vs during the retrain, and how long each swap took to reach every worker.
 from __future__ import annotations
 
 import argparse
-import csv
 import http.client
 import json
 import os
@@ -34,7 +33,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.serve_bench import banking77_texts, percentile  # noqa: E402
+from bench.serve_bench import banking77_texts, first_model_csv, percentile  # noqa: E402
 from tests.e2e.conftest import make_server  # noqa: E402
 
 TOKEN = "swap-bench-token"
@@ -154,17 +153,7 @@ def main() -> int:
     test_texts = [t for t, _ in banking77_texts("test")]
     tmp = Path(tempfile.mkdtemp(prefix="refit-swap-"))
     rows = banking77_texts("train")
-    seen: dict[str, int] = {}
-    first = []
-    for t, y in rows:  # 77 classes x 8: the first model
-        if seen.get(y, 0) < 8:
-            seen[y] = seen.get(y, 0) + 1
-            first.append((t, y))
-    data_path = tmp / "train.csv"
-    with data_path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows(first)
+    data_path = first_model_csv(tmp)
     server = make_server(
         tmp,
         REFIT_DEFAULT_DATA=str(data_path),

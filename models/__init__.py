@@ -24,6 +24,7 @@ from models._registry import (
     Registry,
     Staging,
     default_home,
+    pid_alive,
     sha256_file,
     validate_model_name,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "VersionNotFoundError",
     "default_home",
     "failpoint",
+    "pid_alive",
     "sha256_file",
     "validate_model_name",
 ]

@@ -306,7 +306,7 @@ class Registry:
         removed = []
         for p in folder.glob(f"{_STAGING_PREFIX}*"):
             owner = p.suffix[1:]
-            dead = owner.isdigit() and not _pid_alive(int(owner))
+            dead = owner.isdigit() and not pid_alive(int(owner))
             with contextlib.suppress(OSError):
                 if dead or p.stat().st_mtime < cutoff:
                     shutil.rmtree(p, ignore_errors=True)
@@ -314,7 +314,10 @@ class Registry:
         return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists on this host (None/0: no)."""
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sqlite3
 import time
 import uuid
@@ -22,6 +21,8 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from models import pid_alive
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
@@ -150,18 +151,6 @@ def _job(row: sqlite3.Row) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
     )
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StoreBusy(Exception):
@@ -549,7 +538,7 @@ class Store:
             row = db.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
         return bool(row and row[0])
 
-    def reconcile(self, *, owner_alive=_pid_alive) -> list[str]:
+    def reconcile(self, *, owner_alive=pid_alive) -> list[str]:
         """Mark active jobs whose owner died as interrupted.
 
         The owner is the worker that queued the job until the trainer starts, then the
