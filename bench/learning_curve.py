@@ -1,4 +1,4 @@
-"""Learning curve on Banking77: test accuracy vs examples per class, per strategy.
+"""Learning curve on any `text,label` data set: test accuracy vs examples per class.
 
 For each size in {4, 8, 16, 32, 64, all} and each strategy in {feature_extraction,
 fine_tuning, auto}: sample `size` examples per class from the official train split (a
@@ -7,13 +7,20 @@ the official test split (never used for training or tuning), wall time of traini
 export, peak RSS of the run's process, and what `auto` chose and why. Each run is its own
 subprocess, so its peak RSS is its own.
 
-    python bench/learning_curve.py                 # the full grid (hours on 2 CPU cores)
-    python bench/learning_curve.py --quick         # smoke test: 10 classes, 4 per class, 1 seed
-    python bench/learning_curve.py --sizes 4 8 --strategies feature_extraction --device cpu
+`--derive` (the default for the grid) runs only `fine_tuning` and reads the other two off
+the same run: it fits the same probe first (same split, same C search), scores that probe
+on test (recorded as `probe_test_metrics`, never used for any decision), and records the
+validation comparison `auto` would act on. So feature extraction's accuracy and `auto`'s
+choice come from the run that also gives fine-tuning's, a third of the compute; real
+`feature_extraction`/`auto` runs (`--strategies`) check the derivation and give their times.
 
-Results are merged into bench/results/learning_curve.json (keyed by size, strategy, seed,
-device), so the grid can be filled in over several invocations; a plot is drawn when
-matplotlib is installed.
+    python bench/learning_curve.py --data ../shared/data/emotion   # one data set's grid
+    python bench/learning_curve.py --quick         # smoke test: 10 classes, 4 per class, 1 seed
+    python bench/learning_curve.py --sizes 8 --strategies feature_extraction auto --no-derive
+
+Results are merged into bench/results/learning_curve_<data set>.json (keyed by size,
+strategy, seed, device), so the grid can be filled in over several invocations; a plot is
+drawn when matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -34,14 +41,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ANCHORS = [
-    {"name": "MTEB all-MiniLM-L6-v2 + LR (8/class)", "per_class": 8, "accuracy": 0.800},
-    {
-        "name": "BERT-large fine-tuned, all data (Casanueva et al. 2020)",
-        "per_class": "all",
-        "accuracy": 0.9366,
-    },
-]
+ANCHORS = {
+    "banking77": [
+        {"name": "MTEB all-MiniLM-L6-v2 + LR (8/class)", "per_class": 8, "accuracy": 0.800},
+        {
+            "name": "BERT-large fine-tuned, all data (Casanueva et al. 2020)",
+            "per_class": "all",
+            "accuracy": 0.9366,
+        },
+    ],
+    "emotion": [  # SetFit paper (Tunstall et al. 2022), see shared/data/emotion/SOURCE.md
+        {"name": "SetFit MiniLM (8/class, paper)", "per_class": 8, "accuracy": 0.391},
+        {"name": "RoBERTa-large fine-tuned (64/class, paper)", "per_class": 64, "accuracy": 0.65},
+        {"name": "SetFit MPNet (64/class, paper)", "per_class": 64, "accuracy": 0.762},
+    ],
+    "trec": [{"name": "BERT-base fine-tuned, all data", "per_class": "all", "accuracy": 0.97}],
+}
 STRATEGIES = ("feature_extraction", "fine_tuning", "auto")
 
 
@@ -50,8 +65,11 @@ def shared() -> Path:
 
 
 def read(split: str, data_dir: Path) -> list[tuple[str, str]]:
+    """`text,label` rows (Banking77 names its label column `category`)."""
     with (data_dir / f"{split}.csv").open(newline="", encoding="utf-8") as fh:
-        return [(r["text"], r["category"]) for r in csv.DictReader(fh)]
+        reader = csv.DictReader(fh)
+        column = "category" if "category" in (reader.fieldnames or []) else "label"
+        return [(r["text"], r[column]) for r in reader]
 
 
 def sample(
@@ -88,7 +106,7 @@ def one_run(args: argparse.Namespace) -> int:
         config = TrainConfig(
             name="curve",
             strategy=args.strategy,
-            epochs=args.epochs,
+            epochs=args.epochs,  # None: the pipeline's step-based recipe
             seed=args.seed,
             device=args.device,
             backbone=Path(args.backbone) if args.backbone else None,
@@ -107,6 +125,7 @@ def one_run(args: argparse.Namespace) -> int:
         "plan": result.decision.plan,
         "reason": meta.reason,
         "train_examples": meta.data.count,
+        "per_class": meta.data.per_class,
         "test_accuracy": meta.test_metrics.accuracy,
         "test_macro_f1": meta.test_metrics.macro_f1,
         "validation_macro_f1": meta.metrics.macro_f1,
@@ -116,9 +135,39 @@ def one_run(args: argparse.Namespace) -> int:
         "wall_s": round(wall, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "fine_tuning": result.details.get("fine_tuning"),
+        "probe": result.details.get("probe"),
+        "probe_test_metrics": result.details.get("probe_test_metrics"),
+        "probe_vs_fine_tuning": result.details.get("probe_vs_fine_tuning"),
+        "timings": result.timings,
     }
     sys.stdout.write("RESULT " + json.dumps(record) + "\n")
     return 0
+
+
+def derive(record: dict, classes: int) -> list[dict]:
+    """From one `fine_tuning` run: the feature-extraction and `auto` records it implies."""
+    from training import PolicyThresholds, decide
+
+    per_class = record["train_examples"] / classes  # samples are balanced up to class size
+    counts = record.get("per_class") or {str(i): int(per_class) for i in range(classes)}
+    plan = decide(counts, PolicyThresholds(), train_examples=record["train_examples"]).plan
+    probe = record["probe_test_metrics"]
+    fe = {
+        **record,
+        "strategy": "feature_extraction",
+        "chosen": "feature_extraction",
+        "test_accuracy": probe["accuracy"],
+        "test_macro_f1": probe["macro_f1"],
+        "train_export_s": None,
+        "derived_from": "fine_tuning",
+    }
+    if plan == "feature_extraction":
+        return [fe]  # auto may adapt the encoder contrastively there: run it for real
+    keep_probe = record["probe_vs_fine_tuning"]["probe_better_beyond_noise"]
+    auto = {**(fe if keep_probe else record), "strategy": "auto", "plan": plan}
+    auto["chosen"] = "feature_extraction" if keep_probe else "fine_tuning"
+    auto["derived_from"] = "fine_tuning"
+    return [fe, auto]
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -139,7 +188,12 @@ def summarize(runs: list[dict]) -> dict:
                 "accuracy_mean": round(statistics.mean(accs), 4),
                 "accuracy_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
                 "macro_f1_mean": round(statistics.mean(r["test_macro_f1"] for r in rs), 4),
-                "train_export_s_mean": round(statistics.mean(r["train_export_s"] for r in rs), 1),
+                "train_export_s_mean": (
+                    round(statistics.mean(r["train_export_s"] for r in timed), 1)
+                    if (timed := [r for r in rs if r.get("train_export_s") is not None])
+                    else None
+                ),
+                "derived": sum(1 for r in rs if r.get("derived_from")),
                 "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs),
                 "auto_chose": sorted({r["chosen"] for r in rs}) if strategy == "auto" else None,
             }
@@ -190,7 +244,7 @@ def summarize(runs: list[dict]) -> dict:
     return {"table": rows, "regret": regret, "regret_across_devices": mixed}
 
 
-def plot(summary: dict, out: Path) -> bool:
+def plot(summary: dict, out: Path, dataset: str) -> bool:
     try:
         import matplotlib
 
@@ -218,7 +272,7 @@ def plot(summary: dict, out: Path) -> bool:
                     capsize=3,
                     label=f"{strategy} ({device})",
                 )
-    for a in ANCHORS:
+    for a in ANCHORS.get(dataset, []):
         ax.scatter(
             [order.index(str(a["per_class"]))],
             [100 * a["accuracy"]],
@@ -228,9 +282,9 @@ def plot(summary: dict, out: Path) -> bool:
             label=a["name"],
         )
     ax.set_xticks(range(len(order)), order)
-    ax.set_xlabel("examples per class (Banking77 train)")
+    ax.set_xlabel(f"examples per class ({dataset} train)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Refit on Banking77: all-MiniLM-L6-v2")
+    ax.set_title(f"Refit on {dataset}: all-MiniLM-L6-v2")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -241,7 +295,13 @@ def plot(summary: dict, out: Path) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["4", "8", "16", "32", "64", "all"])
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--strategies", nargs="+", default=None, choices=STRATEGIES)
+    parser.add_argument(
+        "--derive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run fine_tuning only and read feature extraction and auto off it (default)",
+    )
     parser.add_argument(
         "--seeds", type=int, default=3, help="seeds for sizes up to 32 (larger sizes: 1)"
     )
@@ -255,8 +315,10 @@ def main() -> int:
         action="store_true",
         help="10 classes, 4 per class, 1 seed, feature extraction + auto",
     )
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "learning_curve.json"))
-    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs at most")
+    parser.add_argument("--out", default=None, help="default: results/learning_curve_<data>.json")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="fine-tuning epochs (default: the recipe's)"
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", help=argparse.SUPPRESS)
@@ -266,12 +328,17 @@ def main() -> int:
     if args.one:
         return one_run(args)
 
+    dataset = Path(args.data).name
     classes = sorted({y for _, y in read("train", Path(args.data))})
+    if args.strategies is None:
+        # derive: fine-tuning first, then auto only where it cannot be read off that run
+        args.strategies = ["fine_tuning", "auto"] if args.derive else list(STRATEGIES)
     if args.quick:
         classes, args.sizes, args.seeds = classes[:10], ["4"], 1
-        args.strategies = [s for s in args.strategies if s != "fine_tuning"]
-    out = Path(args.out)
-    if args.quick and args.out == parser.get_default("out"):
+        args.strategies, args.derive = ["feature_extraction", "auto"], False
+    default_out = REPO / "bench" / "results" / f"learning_curve_{dataset}.json"
+    out = Path(args.out) if args.out else default_out
+    if args.quick and args.out is None:
         out = Path(tempfile.mkdtemp(prefix="refit-curve-")) / "learning_curve.json"
     previous = json.loads(out.read_text()) if out.is_file() and not args.quick else {"runs": []}
     runs = [r for r in previous["runs"]]
@@ -286,8 +353,6 @@ def main() -> int:
                     sys.executable,
                     __file__,
                     "--one",
-                    "--epochs",
-                    str(args.epochs),
                     "--size",
                     size,
                     "--strategy",
@@ -301,6 +366,8 @@ def main() -> int:
                     "--classes",
                     json.dumps(classes),
                 ]
+                if args.epochs is not None:
+                    cmd += ["--epochs", str(args.epochs)]
                 if args.backbone:
                     cmd += ["--backbone", args.backbone]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -309,24 +376,34 @@ def main() -> int:
                     sys.stderr.write(proc.stderr[-3000:])
                     raise SystemExit(f"run {size}/{strategy}/{seed} failed")
                 record = json.loads(line.removeprefix("RESULT "))
-                runs.append(record)
-                print(
-                    f"{size:>4} {strategy:<18} seed {seed}: acc {record['test_accuracy']:.4f} "
-                    f"({record['chosen']}, {record['train_export_s']} s, {record['peak_rss_mb']} MB)",
-                    flush=True,
-                )
+                new = [record]
+                if args.derive and strategy == "fine_tuning":
+                    new += [
+                        r
+                        for r in derive(record, len(classes))
+                        if (size, r["strategy"], seed, args.device) not in done
+                    ]
+                runs += new
+                done |= {(size, r["strategy"], seed, args.device) for r in new}
+                for r in new:
+                    print(
+                        f"{size:>4} {r['strategy']:<18} seed {seed}: acc {r['test_accuracy']:.4f} "
+                        f"({r['chosen']}, {r['train_export_s']} s, {r['peak_rss_mb']} MB"
+                        f"{', derived' if r.get('derived_from') else ''})",
+                        flush=True,
+                    )
                 result = {
                     "benchmark": "learning_curve",
-                    "dataset": "banking77",
+                    "dataset": dataset,
                     "classes": len(classes),
-                    "anchors": ANCHORS,
+                    "anchors": ANCHORS.get(dataset, []),
                     "runs": runs,
                     **summarize(runs),
                 }
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(result, indent=2) + "\n")
     summary = summarize(runs)
-    if plot(summary, out.with_suffix(".png")):
+    if plot(summary, out.with_suffix(".png"), dataset):
         print(f"plot: {out.with_suffix('.png')}")
     print(json.dumps(summary, indent=2))
     return 0

@@ -64,7 +64,9 @@ def peer(python: Path, *args: str) -> dict:
     return json.loads(line.removeprefix("RESULT "))
 
 
-def refit(size: str, strategy: str, data: str, classes: list[str], epochs: int = 4) -> dict:
+def refit(
+    size: str, strategy: str, data: str, classes: list[str], epochs: int | None = None
+) -> dict:
     cmd = [
         sys.executable,
         str(REPO / "bench" / "learning_curve.py"),
@@ -73,8 +75,7 @@ def refit(size: str, strategy: str, data: str, classes: list[str], epochs: int =
         size,
         "--strategy",
         strategy,
-        "--epochs",
-        str(epochs),
+        *(["--epochs", str(epochs)] if epochs is not None else []),
         "--seed",
         "0",
         "--device",
@@ -118,7 +119,7 @@ def main() -> int:
         "--quick", action="store_true", help="10 classes, tiny step counts: a smoke test"
     )
     parser.add_argument("--data", default=str(shared() / "data" / "banking77"))
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "peers.json"))
+    parser.add_argument("--out", default=None, help="default: results/peers_<data set>.json")
     parser.add_argument(
         "--ft-size", default="32", help="examples per class for the fine-tuning comparison"
     )
@@ -144,13 +145,14 @@ def main() -> int:
     backbone = str(default_backbone_path())
     result: dict = {
         "benchmark": "peers",
+        "dataset": data_dir.name,
         "classes": len(classes),
         "quick": args.quick,
         "setfit": [],
         "fine_tuning": {},
         "inference": {},
     }
-    out = Path(args.out)
+    out = Path(args.out or REPO / "bench" / "results" / f"peers_{data_dir.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     if set(args.parts) != {"setfit", "fine_tuning"} and out.exists():
         kept = json.loads(out.read_text())

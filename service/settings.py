@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     fine_tuning_at: int = Field(64, ge=2, description="policy: k at or above this -> fine-tuning")
     time_budget_s: float = Field(1800, gt=0, description="policy: fine-tuning time budget per job")
+    contrastive_steps: int = Field(
+        80,
+        ge=0,
+        le=10000,
+        description="policy: steps of contrastive few-shot fine-tuning when the probe is weak "
+        "(0: never)",
+    )
     default_data: Path | None = Field(
         None,
         description="CSV to train the first model from when the registry is empty (default: shipped examples)",

@@ -109,6 +109,7 @@ def run_job(job_id: str, settings: Settings) -> int:
             name=job.model,
             strategy=request.get("strategy", "auto"),
             threads=settings.trainer_threads,
+            contrastive_steps=settings.contrastive_steps,
             cache_dir=settings.root / ".cache",
             thresholds=PolicyThresholds(
                 feature_extraction_below=settings.feature_extraction_below,

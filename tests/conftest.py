@@ -20,12 +20,19 @@ def shared_dir() -> Path:
 BANKING77 = shared_dir() / "data" / "banking77"
 
 
-def read_banking77(split: str) -> list[tuple[str, str]]:
-    path = BANKING77 / f"{split}.csv"
+def read_shared(dataset: str, split: str) -> list[tuple[str, str]]:
+    """`text,label` rows of a shared data set (Banking77 calls its label `category`)."""
+    path = shared_dir() / "data" / dataset / f"{split}.csv"
     if not path.is_file():
-        pytest.fail(f"Banking77 not found at {path}; set REFIT_SHARED to the shared folder")
+        pytest.fail(f"{dataset} not found at {path}; set REFIT_SHARED to the shared folder")
     with path.open(newline="", encoding="utf-8") as fh:
-        return [(row["text"], row["category"]) for row in csv.DictReader(fh)]
+        reader = csv.DictReader(fh)
+        column = "category" if "category" in (reader.fieldnames or []) else "label"
+        return [(row["text"], row[column]) for row in reader]
+
+
+def read_banking77(split: str) -> list[tuple[str, str]]:
+    return read_shared("banking77", split)
 
 
 def banking77_slice(

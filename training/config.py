@@ -66,8 +66,22 @@ class TrainConfig:
         100.0,
     )  # on ties the first wins: 10 is best on intent data (docs/policy.md)
     head_max_iter: int = 500
+    label_name_prior: bool = True  # offer the label names as examples (kept if CV agrees)
+    # few-shot: contrastive fine-tuning when the plan is feature extraction and the probe's
+    # chance-corrected macro-F1 is below `contrastive_below` (0 steps: never)
+    contrastive_below: float = 0.6
+    contrastive_steps: int = 80
+    contrastive_batch_size: int = 32
+    contrastive_learning_rate: float = 2e-5
+    contrastive_time_budget_s: float = 120.0
     # fine-tuning (LP-FT: the head starts from the probe)
-    epochs: int = 4
+    epochs: int | None = None  # None: at least 4, more for small data (min_steps, max_epochs)
+    min_steps: int = 300
+    max_epochs: int = 40
+    # small data (4 epochs would be < min_steps steps): smaller batches, higher rates
+    small_data_batch_size: int = 16
+    small_data_learning_rate: float = 1e-4
+    small_data_head_learning_rate: float = 1e-3
     batch_size: int = 32
     learning_rate: float = 3e-5
     head_learning_rate: float = 3e-4
@@ -94,7 +108,9 @@ class TrainConfig:
             "between 0 and 0.5 (exclusive)",
             self.validation_fraction,
         )
-        _require(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        _require(self.epochs is None or self.epochs >= 1, "epochs", ">= 1 or None", self.epochs)
+        _require(self.min_steps >= 0, "min_steps", ">= 0", self.min_steps)
+        _require(self.max_epochs >= 1, "max_epochs", ">= 1", self.max_epochs)
         _require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
         _require(self.embed_batch_size >= 1, "embed_batch_size", ">= 1", self.embed_batch_size)
         _require(0 < self.learning_rate < 1, "learning_rate", "in (0, 1)", self.learning_rate)

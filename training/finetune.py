@@ -1,8 +1,8 @@
 """Fine-tuning all weights, LP-FT style: the head starts from the tuned linear probe.
 
-AdamW (bias-corrected), linear warmup then linear decay, gradient clipping, length-grouped
-batches with dynamic padding, early stopping on validation macro-F1 keeping the best
-weights; CUDA with autocast (bf16) when available. One log line per epoch and every `log_every` steps.
+AdamW (bias-corrected), enough optimizer steps for small data (`min_steps`), linear warmup
+then linear decay over the planned steps, gradient clipping, length-grouped batches with
+dynamic padding, noise-aware checkpoint choice and early stopping on validation macro-F1; CUDA with autocast (bf16) when available. One log line per epoch and every `log_every` steps.
 """
 
 from __future__ import annotations
@@ -22,15 +22,17 @@ from transformers import get_linear_schedule_with_warmup
 
 from training.classifier import SentenceClassifier
 from training.config import TrainConfig
+from training.evidence import noise_margin
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class FineTuneResult:
-    best_epoch: int  # 0: no epoch beat the starting point
+    best_epoch: int  # the epoch whose weights were kept
     best_macro_f1: float
-    start_macro_f1: float
+    recipe: Recipe | None = None
+    val_pred: np.ndarray | None = None  # validation predictions of the kept weights
     history: list[dict[str, float]] = field(default_factory=list)
     samples_per_s: float = 0.0
     stopped: str = "completed"
@@ -96,6 +98,49 @@ def predict(
     return out
 
 
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    head_learning_rate: float
+    small_data: bool
+
+    def describe(self) -> str:
+        return (
+            f"{self.epochs} epochs, batch {self.batch_size}, lr {self.learning_rate:g} "
+            f"(head {self.head_learning_rate:g})"
+            + (", small-data recipe" if self.small_data else "")
+        )
+
+
+def plan_recipe(config: TrainConfig, examples: int) -> Recipe:
+    """Epochs, batch size and learning rates for `examples` training examples.
+
+    `config.epochs` set: exactly that (at most), with the configured batch and rates.
+    Otherwise, when 4 epochs at the configured batch would give fewer than
+    `config.min_steps` optimizer steps (small data: a few hundred examples), the
+    small-data recipe: smaller batches, higher rates, and enough epochs to reach
+    `min_steps` (at most `max_epochs`); else 4 epochs as configured.
+    """
+    if config.epochs is not None:
+        return Recipe(
+            config.epochs, config.batch_size, config.learning_rate, config.head_learning_rate, False
+        )
+    if 4 * math.ceil(examples / config.batch_size) >= config.min_steps:
+        return Recipe(4, config.batch_size, config.learning_rate, config.head_learning_rate, False)
+    batch = config.small_data_batch_size
+    steps_per_epoch = max(1, math.ceil(examples / batch))
+    epochs = max(4, min(config.max_epochs, math.ceil(config.min_steps / steps_per_epoch)))
+    return Recipe(
+        epochs,
+        batch,
+        config.small_data_learning_rate,
+        config.small_data_head_learning_rate,
+        True,
+    )
+
+
 def fine_tune(
     model: SentenceClassifier,
     tokenizer,
@@ -106,19 +151,22 @@ def fine_tune(
     config: TrainConfig,
     device: torch.device,
     *,
-    start_macro_f1: float,
-    keep_start: bool,
     time_budget_s: float | None,
     on_step: Callable[[int, int, str], None] | None = None,
     log_every: int = 50,
 ) -> FineTuneResult:
-    """Train in place; on return `model` holds the best weights seen.
+    """Train in place; on return `model` holds the weights chosen on validation.
 
-    With `keep_start`, the starting weights (the probe) count as epoch 0 and are restored
-    when no epoch beats their validation macro-F1.
+    The schedule fits the step count (warmup, then linear decay to zero over all planned
+    steps). Validation runs about ten times in all (every epoch for short runs). The kept
+    checkpoint is the *latest* one within one standard error of the best score so far:
+    on a small validation split a higher score a few epochs earlier is noise, and more
+    training is the better bet. Early stopping needs `patience + 1` evaluations in a row
+    below the best minus that margin, so a flat or noisy curve never ends the run.
     """
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
+    recipe = plan_recipe(config, len(train_texts))
     model.to(device)
     head_params = list(model.head.parameters())
     head_ids = {id(p) for p in head_params}
@@ -127,34 +175,33 @@ def fine_tune(
         (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
     optimizer = torch.optim.AdamW(
         [
-            {"params": decay, "weight_decay": config.weight_decay, "lr": config.learning_rate},
-            {"params": no_decay, "weight_decay": 0.0, "lr": config.learning_rate},
-            {"params": head_params, "weight_decay": 0.0, "lr": config.head_learning_rate},
+            {"params": decay, "weight_decay": config.weight_decay, "lr": recipe.learning_rate},
+            {"params": no_decay, "weight_decay": 0.0, "lr": recipe.learning_rate},
+            {"params": head_params, "weight_decay": 0.0, "lr": recipe.head_learning_rate},
         ]
     )
     assert not any(id(p) in head_ids for p in decay + no_decay)
     encoded = _encode(tokenizer, train_texts, config.max_length)
     lengths = [len(ids) for ids in encoded]
-    steps_per_epoch = math.ceil(len(train_texts) / config.batch_size)
-    total = steps_per_epoch * config.epochs
+    steps_per_epoch = math.ceil(len(train_texts) / recipe.batch_size)
+    epochs = recipe.epochs
+    total = steps_per_epoch * epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    eval_every = max(1, math.ceil(epochs / 10))
 
-    best_state = copy.deepcopy(model.state_dict()) if keep_start else None
-    result = FineTuneResult(
-        best_epoch=0,
-        best_macro_f1=start_macro_f1 if keep_start else -1.0,
-        start_macro_f1=start_macro_f1,
-    )
+    best_state = None
+    result = FineTuneResult(best_epoch=0, best_macro_f1=-1.0, recipe=recipe)
     started = time.perf_counter()
     seen = 0
     train_time = 0.0  # excludes validation passes
-    bad_epochs = 0
+    running_max = -1.0
+    bad_evals = 0
     step = 0
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
         epoch_started = time.perf_counter()
         epoch_loss = 0.0
-        for idx in length_grouped_batches(lengths, config.batch_size, rng):
+        for idx in length_grouped_batches(lengths, recipe.batch_size, rng):
             ids, mask, y = _collate(encoded, idx, train_labels, tokenizer.pad_token_id, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 _, logits = model(ids, mask)
@@ -179,8 +226,15 @@ def fine_tune(
                     1000 * elapsed / step,
                 )
             if on_step is not None:
-                on_step(step, total, f"epoch {epoch}/{config.epochs}")
+                on_step(step, total, f"epoch {epoch}/{epochs}")
         train_time += time.perf_counter() - epoch_started
+        elapsed = time.perf_counter() - started
+        per_epoch = elapsed / epoch
+        out_of_time = (
+            time_budget_s is not None and elapsed + per_epoch > time_budget_s and epoch < epochs
+        )
+        if epoch % eval_every and epoch < epochs and not out_of_time:
+            continue
         pred = predict(
             model, tokenizer, val_texts, max_length=config.max_length, batch_size=64, device=device
         )
@@ -201,21 +255,22 @@ def fine_tune(
             score,
             elapsed,
         )
-        if score > result.best_macro_f1:
+        running_max = max(running_max, score)
+        margin = noise_margin(running_max, len(val_labels))
+        if score >= running_max - margin:
             result.best_macro_f1, result.best_epoch = score, epoch
+            result.val_pred = pred
             best_state = copy.deepcopy(model.state_dict())
-            bad_epochs = 0
+            bad_evals = 0
         else:
-            bad_epochs += 1
-        if bad_epochs > config.patience:
-            result.stopped = f"early stop after epoch {epoch}"
+            bad_evals += 1
+        if bad_evals > config.patience:
+            result.stopped = (
+                f"early stop after epoch {epoch}: {bad_evals} evaluations in a row more than "
+                f"{margin:.4f} (one standard error) below the best {running_max:.4f}"
+            )
             break
-        per_epoch = elapsed / epoch
-        if (
-            time_budget_s is not None
-            and elapsed + per_epoch > time_budget_s
-            and epoch < config.epochs
-        ):
+        if out_of_time:
             result.stopped = f"time budget ({time_budget_s:.0f} s) reached after epoch {epoch}"
             break
     result.samples_per_s = round(seen / max(train_time, 1e-9), 1)

@@ -23,7 +23,15 @@ class LinearHead:
     bias: np.ndarray  # (num_labels,)
     c: float
     validation_macro_f1: float
-    search: dict[str, float]  # C -> validation macro-F1
+    search: dict[str, float]  # option -> macro-F1 (cross-validated or validation)
+    label_names: bool = False  # the label names were added as one example per class
+    selection: str = "validation"
+    selection_score: float = 0.0  # the chosen option's macro-F1 (cross-validated or validation)
+
+    def chance_corrected(self, num_labels: int) -> float:
+        """How far above chance the probe is: 0 at chance (1/K), 1 perfect (Cohen-style)."""
+        chance = 1.0 / max(num_labels, 2)
+        return (self.selection_score - chance) / (1 - chance)
 
 
 def _to_softmax_params(model: LogisticRegression, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +44,37 @@ def _to_softmax_params(model: LogisticRegression, num_labels: int) -> tuple[np.n
     return coef, bias
 
 
+def label_name_text(label: str) -> str:
+    """A label as a sentence-encoder input: `card_arrival` -> `card arrival`."""
+    return " ".join(label.replace("_", " ").replace("-", " ").split()).lower()
+
+
+def _fit(c: float, x: np.ndarray, y: np.ndarray, names: np.ndarray | None, max_iter: int, seed):
+    if names is not None:  # one extra example per class: the label's own embedding
+        x = np.vstack([x, names])
+        y = np.concatenate([y, np.arange(len(names))])
+    model = LogisticRegression(
+        C=c, class_weight="balanced", max_iter=max_iter, random_state=seed, tol=1e-4
+    )
+    return model.fit(x, y)
+
+
+def _predict(model: LogisticRegression, x: np.ndarray, num_labels: int) -> np.ndarray:
+    weight, bias = _to_softmax_params(model, num_labels)  # as served: argmax of our logits
+    return np.argmax(x @ weight.T + bias, axis=1)
+
+
+def _cv_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """Stratified fold ids: each class's members dealt round-robin after a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    fold_of = np.zeros(len(y), dtype=np.int64)
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        rng.shuffle(members)
+        fold_of[members] = np.arange(len(members)) % folds
+    return [np.flatnonzero(fold_of == f) for f in range(folds)]
+
+
 def fit_probe(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -46,32 +85,71 @@ def fit_probe(
     c_grid: tuple[float, ...],
     max_iter: int,
     seed: int,
+    name_vectors: np.ndarray | None = None,
+    cv_max_examples: int = 3000,
+    cv_folds: int = 3,
     on_step=None,
 ) -> LinearHead:
-    """Fit one head per C, keep the best by validation macro-F1 (ties: the first in the grid)."""
-    best: tuple[float, LogisticRegression, float] | None = None
+    """Pick C (and whether to add the label names as examples) and fit the head.
+
+    Small training sets (<= `cv_max_examples`, at least 2 per class): the choice is made
+    by stratified `cv_folds`-fold cross-validation on the training split (out-of-fold
+    macro-F1), which is far less noisy than a validation split of one or two examples per
+    class; ties go to the first in the grid, without names first. Larger sets: by
+    validation macro-F1, as before. Either way the head is then fit on the whole training
+    split and scored on validation.
+    """
+    options = [(c, False) for c in c_grid]
+    if name_vectors is not None:
+        options += [(c, True) for c in c_grid]
+    counts = np.bincount(y_train, minlength=num_labels)
+    use_cv = len(y_train) <= cv_max_examples and counts.min() >= 2
+    folds = _cv_folds(y_train, min(cv_folds, int(counts.min())), seed) if use_cv else []
     search: dict[str, float] = {}
-    for step, c in enumerate(c_grid, start=1):
+    best: tuple[float, float, bool] | None = None
+    for step, (c, with_names) in enumerate(options, start=1):
         started = time.perf_counter()
-        model = LogisticRegression(
-            C=c, class_weight="balanced", max_iter=max_iter, random_state=seed, tol=1e-4
-        )
-        model.fit(x_train, y_train)
-        # predict via our own argmax over the softmax parameters, as served
-        weight, bias = _to_softmax_params(model, num_labels)
-        pred = np.argmax(x_val @ weight.T + bias, axis=1)
-        score = float(f1_score(y_val, pred, average="macro", zero_division=0))
-        search[f"{c:g}"] = round(score, 6)
+        names = name_vectors if with_names else None
+        if use_cv:
+            oof = np.zeros(len(y_train), dtype=np.int64)
+            for held in folds:
+                keep = np.setdiff1d(np.arange(len(y_train)), held)
+                model = _fit(c, x_train[keep], y_train[keep], names, max_iter, seed)
+                oof[held] = _predict(model, x_train[held], num_labels)
+            score = float(f1_score(y_train, oof, average="macro", zero_division=0))
+        else:
+            model = _fit(c, x_train, y_train, names, max_iter, seed)
+            pred = _predict(model, x_val, num_labels)
+            score = float(f1_score(y_val, pred, average="macro", zero_division=0))
+        key = f"{c:g}" + ("+names" if with_names else "")
+        search[key] = round(score, 6)
         log.info(
-            "probe C=%g: validation macro-F1 %.4f (%.1f s)", c, score, time.perf_counter() - started
+            "probe %s: %s macro-F1 %.4f (%.1f s)",
+            key,
+            "cross-validated" if use_cv else "validation",
+            score,
+            time.perf_counter() - started,
         )
         if best is None or score > best[0]:
-            best = (score, model, c)
+            best = (score, c, with_names)
         if on_step is not None:
-            on_step(step, len(c_grid), f"head C={c:g} validation macro-F1 {score:.4f}")
+            on_step(step, len(options), f"head {key} macro-F1 {score:.4f}")
     assert best is not None
-    score, model, c = best
+    selection_score, c, with_names = best
+    model = _fit(c, x_train, y_train, name_vectors if with_names else None, max_iter, seed)
     if len(model.classes_) != num_labels:  # every class is in train by construction
         raise AssertionError("probe did not see every class")
     weight, bias = _to_softmax_params(model, num_labels)
-    return LinearHead(weight, bias, c, score, search)
+    score = float(
+        f1_score(y_val, _predict(model, x_val, num_labels), average="macro", zero_division=0)
+    )
+    return LinearHead(
+        weight,
+        bias,
+        c,
+        score,
+        search,
+        label_names=with_names,
+        selection="cross-validation" if use_cv else "validation",
+        selection_score=round(selection_score, 6),
+    )

@@ -72,7 +72,7 @@ def decide(
         return Decision(
             "fine_tuning",
             f"{where} >= {thresholds.fine_tuning_at}: enough labels to fine-tune all weights "
-            "(LP-FT; the probe is kept if fine-tuning does not beat it on validation)",
+            "(LP-FT; the probe is kept only if it is better beyond noise on validation)",
             inputs,
         )
     if epoch_s > thresholds.time_budget_s:
@@ -85,6 +85,7 @@ def decide(
     return Decision(
         "compare",
         f"{where}: in the crossover zone [{thresholds.feature_extraction_below}, "
-        f"{thresholds.fine_tuning_at}): trained both, kept the better on validation macro-F1",
+        f"{thresholds.fine_tuning_at}): trained both; fine-tuning is kept unless the probe is "
+        "better beyond noise on validation",
         inputs,
     )

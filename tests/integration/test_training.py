@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import onnx
 import pytest
 
 from models import Registry
-from tests.conftest import banking77_slice
+from tests.conftest import banking77_slice, read_banking77, read_shared
 from training import Cancelled, DataError, TrainConfig
 from training.evaluate import OnnxRunner
 from training.pipeline import train
@@ -193,3 +194,49 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
         == "refit: class 'b' has 1 example after de-duplication, need at least 2; add examples or remove the class"
     )
     assert not (tmp_path / "home").exists() or Registry(tmp_path / "home").list_models() == []
+
+
+def test_strong_probe_skips_contrastive_adaptation(fe_result) -> None:
+    result, _, _ = fe_result
+    assert "contrastive" not in result.details  # intents fit the frozen geometry
+    probe = result.details["probe"]
+    assert probe["selection"] == "cross-validation"
+    assert {"10", "10+names"} <= set(probe["search"])
+
+
+def test_weak_probe_gets_contrastive_few_shot_fine_tuning(tmp_path: Path) -> None:
+    """TREC question types: the frozen probe is weak, so auto adapts the encoder."""
+    rows = read_shared("trec", "train")
+    rng = random.Random(0)
+    rng.shuffle(rows)
+    data = [r for c in sorted({y for _, y in rows}) for r in [x for x in rows if x[1] == c][:8]]
+    result = train(
+        data,
+        TrainConfig(name="trec", contrastive_steps=12, contrastive_batch_size=24),
+        registry=Registry(tmp_path),
+    )
+    meta = result.metadata
+    contrastive = result.details["contrastive"]
+    assert contrastive["probe_strength"] < 0.6
+    assert contrastive["steps"] == 12
+    assert contrastive["kept"] == (meta.strategy == "fine_tuning")
+    assert "the probe is weak" in meta.reason and "McNemar" in meta.reason
+    assert meta.onnx.parity_max_abs_diff <= 1e-4  # the adapted encoder exports like any other
+
+
+def test_small_data_fine_tuning_reaches_its_steps_and_refits_the_head(tmp_path: Path) -> None:
+    classes = sorted({y for _, y in read_banking77("train")})[:3]
+    result = train(
+        banking77_slice("train", classes, per_class=20),
+        TrainConfig(name="sd", min_steps=24, max_epochs=8),
+        registry=Registry(tmp_path),
+    )
+    ft = result.details["fine_tuning"]
+    # 54 training examples: 4 epochs at batch 32 is 8 steps < 24, so the small-data recipe
+    assert ft["recipe"]["small_data"] and ft["recipe"]["batch_size"] == 16
+    assert ft["recipe"]["epochs"] == 6  # 4 steps per epoch at batch 16 -> 24 steps
+    assert ft["head"] == "refit logistic regression"
+    assert ft["history"][-1]["epoch"] == 6
+    comparison = result.details["probe_vs_fine_tuning"]
+    assert comparison["n"] == result.metadata.data.validation_count
+    assert "crossover zone" in result.metadata.reason and "McNemar p=" in result.metadata.reason
