@@ -32,8 +32,10 @@ test: install lint
 bench: install
 	$(BIN)/python bench/serve_bench.py
 	$(BIN)/python bench/swap_under_load.py
-	$(BIN)/python bench/peers.py
-	$(BIN)/python bench/learning_curve.py
+	for d in banking77 emotion trec; do \
+	  $(BIN)/python bench/peers.py --data $${REFIT_SHARED:-../shared}/data/$$d && \
+	  $(BIN)/python bench/learning_curve.py --data $${REFIT_SHARED:-../shared}/data/$$d || exit 1; \
+	done
 
 # Known vulnerabilities in the installed dependencies (needs pypi.org or osv.dev; a
 # mirror without the PyPI JSON API reports every package as "not found": nothing audited).

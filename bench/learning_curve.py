@@ -146,7 +146,7 @@ def one_run(args: argparse.Namespace) -> int:
 
 def derive(record: dict, classes: int) -> list[dict]:
     """From one `fine_tuning` run: the feature-extraction and `auto` records it implies."""
-    from training import PolicyThresholds, decide
+    from training import PolicyThresholds, TrainConfig, decide
 
     per_class = record["train_examples"] / classes  # samples are balanced up to class size
     counts = record.get("per_class") or {str(i): int(per_class) for i in range(classes)}
@@ -161,13 +161,38 @@ def derive(record: dict, classes: int) -> list[dict]:
         "train_export_s": None,
         "derived_from": "fine_tuning",
     }
-    if plan == "feature_extraction":
-        return [fe]  # auto may adapt the encoder contrastively there: run it for real
-    keep_probe = record["probe_vs_fine_tuning"]["probe_better_beyond_noise"]
+    probe_info = record["probe"]
+    strength = probe_info.get("strength")
+    if strength is None:  # runs recorded before `strength` was: the chosen option's score
+        chance = 1 / classes
+        strength = (max(probe_info["search"].values()) - chance) / (1 - chance)
+    weak = strength < TrainConfig().weak_probe_below
+    keep_probe = (plan == "feature_extraction" and not weak) or record["probe_vs_fine_tuning"][
+        "probe_better_beyond_noise"
+    ]
     auto = {**(fe if keep_probe else record), "strategy": "auto", "plan": plan}
     auto["chosen"] = "feature_extraction" if keep_probe else "fine_tuning"
     auto["derived_from"] = "fine_tuning"
     return [fe, auto]
+
+
+def rederive(runs: list[dict], classes: int) -> list[dict]:
+    """Derived records recomputed with the current rule; real runs win over derived ones.
+    Real `auto` runs that used the opt-in contrastive step are kept as `auto_contrastive`."""
+    real = [r for r in runs if not r.get("derived_from")]
+    for r in real:
+        if r["strategy"] == "auto" and "contrastive few-shot" in (r.get("reason") or ""):
+            r["strategy"] = "auto_contrastive"
+    have = {(r["size"], r["strategy"], r["seed"], r["device"]) for r in real}
+    out = list(real)
+    for r in real:
+        if r["strategy"] == "fine_tuning" and r.get("probe_test_metrics"):
+            out += [
+                d
+                for d in derive(r, classes)
+                if (d["size"], d["strategy"], d["seed"], d["device"]) not in have
+            ]
+    return out
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -206,7 +231,7 @@ def summarize(runs: list[dict]) -> dict:
                 for r in rows
                 if r["size"] == size and r["device"] == device
             }
-            if "auto" in by and len(by) == 3:
+            if {"auto", "feature_extraction", "fine_tuning"} <= set(by):
                 best = max(by["feature_extraction"], by["fine_tuning"])
                 regret.append(
                     {
@@ -292,6 +317,32 @@ def plot(summary: dict, out: Path, dataset: str) -> bool:
     return True
 
 
+def markdown(summary: dict) -> str:
+    """The table docs/benchmarks.md shows: accuracy mean ± std per strategy, auto's regret."""
+    order = ["4", "8", "16", "32", "64", "all"]
+    rows = {(r["size"], r["strategy"]): r for r in summary["table"] if r["device"] == "cpu"}
+    regret = {r["size"]: r for r in summary["regret"] if r["device"] == "cpu"}
+    lines = [
+        "| per class | runs | feature extraction | fine-tuning | auto | auto chose | regret |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for size in order:
+        cells = []
+        for strategy in STRATEGIES:
+            r = rows.get((size, strategy))
+            cells.append(
+                f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}" if r else "—"
+            )
+        auto = rows.get((size, "auto"))
+        if not any(c != "—" for c in cells):
+            continue
+        chose = ", ".join(auto["auto_chose"]) if auto else "—"
+        runs = max((rows[(size, s)]["runs"] for s in STRATEGIES if (size, s) in rows), default=0)
+        reg = f"{regret[size]['regret_points']:+.2f}" if size in regret else "—"
+        lines.append(f"| {size} | {runs} | {' | '.join(cells)} | {chose} | {reg} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["4", "8", "16", "32", "64", "all"])
@@ -319,6 +370,9 @@ def main() -> int:
     parser.add_argument(
         "--epochs", type=int, default=None, help="fine-tuning epochs (default: the recipe's)"
     )
+    parser.add_argument(
+        "--report", action="store_true", help="print the markdown table of --out and exit"
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", help=argparse.SUPPRESS)
@@ -331,8 +385,7 @@ def main() -> int:
     dataset = Path(args.data).name
     classes = sorted({y for _, y in read("train", Path(args.data))})
     if args.strategies is None:
-        # derive: fine-tuning first, then auto only where it cannot be read off that run
-        args.strategies = ["fine_tuning", "auto"] if args.derive else list(STRATEGIES)
+        args.strategies = ["fine_tuning"] if args.derive else list(STRATEGIES)
     if args.quick:
         classes, args.sizes, args.seeds = classes[:10], ["4"], 1
         args.strategies, args.derive = ["feature_extraction", "auto"], False
@@ -340,6 +393,15 @@ def main() -> int:
     out = Path(args.out) if args.out else default_out
     if args.quick and args.out is None:
         out = Path(tempfile.mkdtemp(prefix="refit-curve-")) / "learning_curve.json"
+    if args.report:
+        data = json.loads(out.read_text())
+        data["runs"] = rederive(data["runs"], len(classes))
+        data.update(summarize(data["runs"]))
+        out.write_text(json.dumps(data, indent=2) + "\n")
+        summary = summarize(data["runs"])
+        plot(summary, out.with_suffix(".png"), dataset)
+        print(markdown(summary))
+        return 0
     previous = json.loads(out.read_text()) if out.is_file() and not args.quick else {"runs": []}
     runs = [r for r in previous["runs"]]
     done = {(r["size"], r["strategy"], r["seed"], r["device"]) for r in runs}

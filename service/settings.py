@@ -60,11 +60,11 @@ class Settings(BaseSettings):
     fine_tuning_at: int = Field(64, ge=2, description="policy: k at or above this -> fine-tuning")
     time_budget_s: float = Field(1800, gt=0, description="policy: fine-tuning time budget per job")
     contrastive_steps: int = Field(
-        80,
+        0,
         ge=0,
         le=10000,
-        description="policy: steps of contrastive few-shot fine-tuning when the probe is weak "
-        "(0: never)",
+        description="policy: with few labels and a weak probe, adapt the encoder by this many "
+        "steps of contrastive fine-tuning instead of LP-FT (0: LP-FT)",
     )
     default_data: Path | None = Field(
         None,

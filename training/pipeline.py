@@ -141,11 +141,7 @@ def train(
 
     t0 = time.perf_counter()
     report("training", 0.0, "fitting the linear probe")
-    may_adapt = (
-        decision.plan == "feature_extraction"
-        and config.strategy == "auto"
-        and config.contrastive_steps > 0
-    )
+    may_adapt = decision.plan == "feature_extraction" and config.strategy == "auto"
     probe_share = 0.2 if decision.plan != "feature_extraction" or may_adapt else 1.0
     head = fit_probe(
         x_train,
@@ -167,6 +163,7 @@ def train(
             "c": head.c,
             "label_names": head.label_names,
             "selection": head.selection,
+            "strength": round(head.chance_corrected(len(labels)), 4),
             "validation_macro_f1": head.validation_macro_f1,
             "search": head.search,
         },
@@ -177,10 +174,19 @@ def train(
     probe_pred = np.argmax(x_val @ head.weight.T + head.bias, axis=1)  # as served
 
     # 1b. Few labels and a weak probe (the frozen geometry does not fit the labels: question
-    #     type, affect): contrastive few-shot fine-tuning of the encoder, SetFit's idea, then
-    #     a new probe on the adapted embeddings; kept unless the probe is better beyond noise.
+    #     type, affect): adapt the encoder anyway. By default LP-FT with the small-data recipe
+    #     (step 2); opt-in (`contrastive_steps` > 0), SetFit-style contrastive fine-tuning and
+    #     a new probe. Either is kept unless the probe is better beyond noise.
     strength = head.chance_corrected(len(labels))
-    if may_adapt and strength < config.contrastive_below:
+    weak = may_adapt and strength < config.weak_probe_below
+    weak_text = (
+        f"the probe is weak (chance-corrected {head.selection} macro-F1 {strength:.3f} < "
+        f"{config.weak_probe_below:g})"
+    )
+    fine_tune_plan = decision.plan != "feature_extraction" or (
+        weak and config.contrastive_steps == 0
+    )
+    if weak and not fine_tune_plan:
         from training.contrastive import contrastive_adapt
         from training.evidence import paired_compare
 
@@ -226,14 +232,11 @@ def train(
         )
         comparison = paired_compare(y_val, probe_pred, adapted_pred, seed=config.seed)
         evidence = comparison.summary("probe", "contrastive")
-        weak = (
-            f"the probe is weak (chance-corrected {head.selection} macro-F1 {strength:.3f} < "
-            f"{config.contrastive_below:g})"
-        )
         if comparison.a_better():
             model.load_state_dict(probe_state)
             reason += (
-                f"; {weak}, tried contrastive few-shot fine-tuning, kept the probe ({evidence})"
+                f"; {weak_text}, tried contrastive few-shot fine-tuning, kept the probe "
+                f"({evidence})"
             )
         else:
             model.set_head(
@@ -241,7 +244,7 @@ def train(
             )
             strategy = "fine_tuning"
             reason += (
-                f"; {weak}: contrastive few-shot fine-tuning of the encoder (SetFit-style, "
+                f"; {weak_text}: contrastive few-shot fine-tuning of the encoder (SetFit-style, "
                 f"{adapted.steps} steps) and a new probe, kept: the probe is not better beyond "
                 f"noise ({evidence})"
             )
@@ -259,12 +262,14 @@ def train(
             },
             "kept": strategy == "fine_tuning",
         }
+    elif weak:
+        reason += f"; {weak_text}: fine-tuned from it (LP-FT)"
     elif may_adapt:
         report("training", 1.0, "probe kept")
 
     # 2. Fine-tuning (LP-FT) when the plan asks for it; kept unless the probe is better
     #    beyond noise on the same validation examples (training/evidence.py).
-    if decision.plan != "feature_extraction":
+    if fine_tune_plan:
         from training.evidence import paired_compare
         from training.finetune import fine_tune
 
