@@ -204,14 +204,34 @@ def test_strong_probe_skips_contrastive_adaptation(fe_result) -> None:
     assert {"10", "10+names"} <= set(probe["search"])
 
 
-def test_weak_probe_gets_contrastive_few_shot_fine_tuning(tmp_path: Path) -> None:
-    """TREC question types: the frozen probe is weak, so auto adapts the encoder."""
+def trec_slice(per_class: int) -> list[tuple[str, str]]:
     rows = read_shared("trec", "train")
-    rng = random.Random(0)
-    rng.shuffle(rows)
-    data = [r for c in sorted({y for _, y in rows}) for r in [x for x in rows if x[1] == c][:8]]
+    random.Random(0).shuffle(rows)
+    classes = sorted({y for _, y in rows})
+    return [r for c in classes for r in [x for x in rows if x[1] == c][:per_class]]
+
+
+def test_weak_probe_with_few_labels_is_fine_tuned_anyway(tmp_path: Path) -> None:
+    """TREC question types: the frozen probe is weak, so auto fine-tunes even at 8/class."""
     result = train(
-        data,
+        trec_slice(8),
+        TrainConfig(name="trec", min_steps=12, max_epochs=4),
+        registry=Registry(tmp_path),
+    )
+    meta = result.metadata
+    assert result.decision.plan == "feature_extraction"  # by the counts alone
+    assert result.details["probe"]["strength"] < 0.6
+    assert "the probe is weak" in meta.reason and "fine-tuned from it (LP-FT)" in meta.reason
+    assert "McNemar p=" in meta.reason
+    assert "contrastive" not in result.details
+    comparison = result.details["probe_vs_fine_tuning"]
+    expected = "feature_extraction" if comparison["probe_better_beyond_noise"] else "fine_tuning"
+    assert meta.strategy == expected
+
+
+def test_contrastive_few_shot_adaptation_is_opt_in(tmp_path: Path) -> None:
+    result = train(
+        trec_slice(8),
         TrainConfig(name="trec", contrastive_steps=12, contrastive_batch_size=24),
         registry=Registry(tmp_path),
     )
@@ -220,7 +240,8 @@ def test_weak_probe_gets_contrastive_few_shot_fine_tuning(tmp_path: Path) -> Non
     assert contrastive["probe_strength"] < 0.6
     assert contrastive["steps"] == 12
     assert contrastive["kept"] == (meta.strategy == "fine_tuning")
-    assert "the probe is weak" in meta.reason and "McNemar" in meta.reason
+    assert "fine_tuning" not in result.details  # instead of LP-FT, not as well
+    assert "contrastive few-shot" in meta.reason and "McNemar" in meta.reason
     assert meta.onnx.parity_max_abs_diff <= 1e-4  # the adapted encoder exports like any other
 
 
