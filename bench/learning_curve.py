@@ -404,7 +404,12 @@ def main() -> int:
         return 0
     previous = json.loads(out.read_text()) if out.is_file() and not args.quick else {"runs": []}
     runs = [r for r in previous["runs"]]
-    done = {(r["size"], r["strategy"], r["seed"], r["device"]) for r in runs}
+
+    def key(r: dict) -> tuple:
+        return (r["size"], r["strategy"], r["seed"], r["device"])
+
+    # a real run replaces a derived record of the same key; a derived one never a real one
+    done = {key(r) for r in runs if not r.get("derived_from")}
     for size in args.sizes:
         seeds = range(args.seeds) if size != "all" and int(size) <= 32 else range(1)
         for strategy in args.strategies:
@@ -445,8 +450,9 @@ def main() -> int:
                         for r in derive(record, len(classes))
                         if (size, r["strategy"], seed, args.device) not in done
                     ]
-                runs += new
-                done |= {(size, r["strategy"], seed, args.device) for r in new}
+                replaced = {key(r) for r in new}
+                runs = [r for r in runs if key(r) not in replaced] + new
+                done.add(key(record))
                 for r in new:
                     print(
                         f"{size:>4} {r['strategy']:<18} seed {seed}: acc {r['test_accuracy']:.4f} "

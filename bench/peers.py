@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from bench.learning_curve import read, sample, shared  # noqa: E402
 
 PEER_VENV = REPO / "bench" / ".venv-peers"
+REFIT_KEYS = ("test_accuracy", "test_macro_f1", "train_export_s", "wall_s", "chosen", "peak_rss_mb")
 PEER_PACKAGES = [
     "setfit==1.2.0",
     "transformers>=4.41,<5",
@@ -132,6 +133,12 @@ def main() -> int:
         help="what to (re)run; the rest is kept from --out (inference runs with fine_tuning,"
         " whose model it loads)",
     )
+    parser.add_argument(
+        "--refit-only",
+        action="store_true",
+        help="re-run only Refit's side of the SetFit rows in --out (after a policy change); "
+        "SetFit's results are kept",
+    )
     args = parser.parse_args()
 
     data_dir = Path(args.data)
@@ -139,6 +146,16 @@ def main() -> int:
     sizes = {"8": 200, "64": 500}  # SetFit max_steps, as in the peer measurements
     if args.quick:
         classes, sizes, args.ft_size, args.epochs = classes[:10], {"8": 10}, "8", 1
+    if args.refit_only:
+        out = Path(args.out or REPO / "bench" / "results" / f"peers_{data_dir.name}.json")
+        kept = json.loads(out.read_text())
+        for row in kept["setfit"]:
+            ours = refit(str(row["per_class"]), "auto", args.data, classes)
+            row["refit_auto"] = {k: ours[k] for k in REFIT_KEYS}
+            row["refit_rerun"] = "Refit re-run alone after a policy change; SetFit from before"
+            out.write_text(json.dumps(kept, indent=2) + "\n")
+            print(f"{row['per_class']}/class: refit {row['refit_auto']}", flush=True)
+        return 0
     python = ensure_peer_venv()
     from training.backbone import default_backbone_path
 
@@ -185,10 +202,7 @@ def main() -> int:
             result["setfit"].append(
                 {
                     "per_class": int(size),
-                    "refit_auto": {
-                        k: ours[k]
-                        for k in ("test_accuracy", "train_export_s", "chosen", "peak_rss_mb")
-                    },
+                    "refit_auto": {k: ours[k] for k in REFIT_KEYS},
                     "setfit": theirs,
                 }
             )

@@ -310,7 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--backbone", help="a local Hugging Face model folder (default: packaged all-MiniLM-L6-v2)"
     )
-    t.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs at most (default 4)")
+    t.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="fine-tuning epochs at most (default: 4, more on small data to reach 300 steps)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout")

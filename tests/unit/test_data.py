@@ -144,7 +144,8 @@ def test_stratified_split_is_seeded_and_keeps_every_class() -> None:
             {"validation_fraction": 0.7},
             "validation_fraction must be between 0 and 0.5 (exclusive), got 0.7",
         ),
-        ({"epochs": 0}, "epochs must be >= 1, got 0"),
+        ({"epochs": 0}, "epochs must be >= 1 or None, got 0"),
+        ({"min_steps": -1}, "min_steps must be >= 0, got -1"),
         ({"max_length": 4}, "max_length must be between 8 and 512, got 4"),
     ],
 )
