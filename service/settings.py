@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     fine_tuning_at: int = Field(64, ge=2, description="policy: k at or above this -> fine-tuning")
     time_budget_s: float = Field(1800, gt=0, description="policy: fine-tuning time budget per job")
+    fine_tuning_min_steps: int = Field(
+        300,
+        ge=0,
+        le=100000,
+        description="policy: optimizer steps fine-tuning takes at least on small data "
+        "(more epochs, up to 40)",
+    )
     contrastive_steps: int = Field(
         0,
         ge=0,

@@ -110,6 +110,7 @@ def run_job(job_id: str, settings: Settings) -> int:
             strategy=request.get("strategy", "auto"),
             threads=settings.trainer_threads,
             contrastive_steps=settings.contrastive_steps,
+            min_steps=settings.fine_tuning_min_steps,
             cache_dir=settings.root / ".cache",
             thresholds=PolicyThresholds(
                 feature_extraction_below=settings.feature_extraction_below,

@@ -107,6 +107,9 @@ def make_server(tmp: Path, **settings: str) -> Server:
         "REFIT_WORKERS": "2",
         "REFIT_API_TOKEN": TOKEN,
         "REFIT_SWAP_POLL_S": "0.5",
+        # the service is under test here, not the small-data recipe (tests/integration has
+        # it): 40 steps instead of 300 keep each small fine-tuning job under a minute
+        "REFIT_FINE_TUNING_MIN_STEPS": "40",
         "BENTOML_HOME": str(tmp / "bentoml"),
         **settings,
     }
