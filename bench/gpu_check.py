@@ -72,8 +72,6 @@ def finetune_speed(
         sub_y[:32],
         cfg,
         torch.device(device),
-        start_macro_f1=0.0,
-        keep_start=False,
         time_budget_s=None,
     )
     return {
