@@ -147,9 +147,9 @@ def one_run(args: argparse.Namespace) -> int:
 def derive(record: dict, classes: int) -> list[dict]:
     """From one `fine_tuning` run: the feature-extraction and `auto` records it implies."""
     from training import PolicyThresholds, TrainConfig, decide
+    from training.policy import adapts_anyway
 
-    per_class = record["train_examples"] / classes  # samples are balanced up to class size
-    counts = record.get("per_class") or {str(i): int(per_class) for i in range(classes)}
+    counts = record["per_class"]
     plan = decide(counts, PolicyThresholds(), train_examples=record["train_examples"]).plan
     probe = record["probe_test_metrics"]
     fe = {
@@ -166,7 +166,7 @@ def derive(record: dict, classes: int) -> list[dict]:
     if strength is None:  # runs recorded before `strength` was: the chosen option's score
         chance = 1 / classes
         strength = (max(probe_info["search"].values()) - chance) / (1 - chance)
-    weak = strength < TrainConfig().weak_probe_below
+    weak = adapts_anyway(plan, strength, TrainConfig().weak_probe_below)
     keep_probe = (plan == "feature_extraction" and not weak) or record["probe_vs_fine_tuning"][
         "probe_better_beyond_noise"
     ]

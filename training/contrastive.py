@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from training.classifier import SentenceClassifier
+from training.finetune import _collate, _encode
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def contrastive_adapt(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model.to(device).train()
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    ids = _encode(tokenizer, texts, max_length)
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(labels.tolist()):
         by_class.setdefault(int(y), []).append(i)
@@ -104,22 +105,15 @@ def contrastive_adapt(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    pad = tokenizer.pad_token_id
     started = time.perf_counter()
     stopped = "completed"
     loss_value = float("nan")
     done = 0
     for step in range(steps):
         idx = balanced_batch(by_class, batch_size, per_class, rng)
-        width = max(len(ids[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            input_ids[row, : len(ids[i])] = torch.as_tensor(ids[i])
-            mask[row, : len(ids[i])] = 1
-        y = torch.as_tensor(labels[idx], device=device)
+        input_ids, mask, y = _collate(ids, idx, labels, tokenizer.pad_token_id, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            emb = model.embed(input_ids.to(device), mask.to(device))
+            emb = model.embed(input_ids, mask)
         loss = pair_loss(emb, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -106,13 +106,6 @@ class Recipe:
     head_learning_rate: float
     small_data: bool
 
-    def describe(self) -> str:
-        return (
-            f"{self.epochs} epochs, batch {self.batch_size}, lr {self.learning_rate:g} "
-            f"(head {self.head_learning_rate:g})"
-            + (", small-data recipe" if self.small_data else "")
-        )
-
 
 def plan_recipe(config: TrainConfig, examples: int) -> Recipe:
     """Epochs, batch size and learning rates for `examples` training examples.
@@ -123,12 +116,15 @@ def plan_recipe(config: TrainConfig, examples: int) -> Recipe:
     small-data recipe: smaller batches, higher rates, and enough epochs to reach
     `min_steps` (at most `max_epochs`); else 4 epochs as configured.
     """
-    if config.epochs is not None:
+    enough = 4 * math.ceil(examples / config.batch_size) >= config.min_steps
+    if config.epochs is not None or enough:
         return Recipe(
-            config.epochs, config.batch_size, config.learning_rate, config.head_learning_rate, False
+            config.epochs or 4,
+            config.batch_size,
+            config.learning_rate,
+            config.head_learning_rate,
+            False,
         )
-    if 4 * math.ceil(examples / config.batch_size) >= config.min_steps:
-        return Recipe(4, config.batch_size, config.learning_rate, config.head_learning_rate, False)
     batch = config.small_data_batch_size
     steps_per_epoch = max(1, math.ceil(examples / batch))
     epochs = max(4, min(config.max_epochs, math.ceil(config.min_steps / steps_per_epoch)))

@@ -28,6 +28,10 @@ class LinearHead:
     selection: str = "validation"
     selection_score: float = 0.0  # the chosen option's macro-F1 (cross-validated or validation)
 
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class ids as served: argmax of the softmax logits."""
+        return np.argmax(x @ self.weight.T + self.bias, axis=1)
+
     def chance_corrected(self, num_labels: int) -> float:
         """How far above chance the probe is: 0 at chance (1/K), 1 perfect (Cohen-style)."""
         chance = 1.0 / max(num_labels, 2)
@@ -106,16 +110,17 @@ def fit_probe(
     use_cv = len(y_train) <= cv_max_examples and counts.min() >= 2
     folds = _cv_folds(y_train, min(cv_folds, int(counts.min())), seed) if use_cv else []
     search: dict[str, float] = {}
-    best: tuple[float, float, bool] | None = None
+    best: tuple[float, float, bool, LogisticRegression | None] | None = None
     for step, (c, with_names) in enumerate(options, start=1):
         started = time.perf_counter()
         names = name_vectors if with_names else None
+        model = None  # with cross-validation, the chosen option is fit on all of train below
         if use_cv:
             oof = np.zeros(len(y_train), dtype=np.int64)
             for held in folds:
                 keep = np.setdiff1d(np.arange(len(y_train)), held)
-                model = _fit(c, x_train[keep], y_train[keep], names, max_iter, seed)
-                oof[held] = _predict(model, x_train[held], num_labels)
+                fold_model = _fit(c, x_train[keep], y_train[keep], names, max_iter, seed)
+                oof[held] = _predict(fold_model, x_train[held], num_labels)
             score = float(f1_score(y_train, oof, average="macro", zero_division=0))
         else:
             model = _fit(c, x_train, y_train, names, max_iter, seed)
@@ -131,12 +136,13 @@ def fit_probe(
             time.perf_counter() - started,
         )
         if best is None or score > best[0]:
-            best = (score, c, with_names)
+            best = (score, c, with_names, model)
         if on_step is not None:
             on_step(step, len(options), f"head {key} macro-F1 {score:.4f}")
     assert best is not None
-    selection_score, c, with_names = best
-    model = _fit(c, x_train, y_train, name_vectors if with_names else None, max_iter, seed)
+    selection_score, c, with_names, model = best
+    if model is None:
+        model = _fit(c, x_train, y_train, name_vectors if with_names else None, max_iter, seed)
     if len(model.classes_) != num_labels:  # every class is in train by construction
         raise AssertionError("probe did not see every class")
     weight, bias = _to_softmax_params(model, num_labels)

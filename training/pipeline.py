@@ -16,7 +16,7 @@ import numpy as np
 from models import BackboneInfo, DataSummary, Metrics, ModelMetadata, Registry, validate_model_name
 from training.config import TrainConfig
 from training.data import DataError, Dataset, load_dataset, stratified_split
-from training.policy import Decision, decide
+from training.policy import Decision, adapts_anyway, decide
 from training.progress import CancelCheck, ProgressCallback, Reporter
 
 log = logging.getLogger(__name__)
@@ -157,13 +157,14 @@ def train(
     )
     model.set_head(torch.from_numpy(head.weight), torch.from_numpy(head.bias))
     timings["probe_s"] = round(time.perf_counter() - t0, 2)
+    strength = head.chance_corrected(len(labels))
     details: dict[str, Any] = {
         "embedding": embed_stats,
         "probe": {
             "c": head.c,
             "label_names": head.label_names,
             "selection": head.selection,
-            "strength": round(head.chance_corrected(len(labels)), 4),
+            "strength": round(strength, 4),
             "validation_macro_f1": head.validation_macro_f1,
             "search": head.search,
         },
@@ -171,14 +172,46 @@ def train(
 
     strategy = "feature_extraction"
     reason = decision.reason
-    probe_pred = np.argmax(x_val @ head.weight.T + head.bias, axis=1)  # as served
+    probe_pred = head.predict(x_val)
+
+    def probe_on_adapted_encoder(c_grid: tuple[float, ...], *, cv: bool, names: bool):
+        """A new probe on the adapted encoder's embeddings, set as the model's head; returns
+        it and its validation predictions (the same choices as the first probe)."""
+        name_texts = [label_name_text(x) for x in labels] if names else []
+        tuned = encode(
+            model,
+            backbone.tokenizer,
+            all_texts + name_texts,
+            max_length=config.max_length,
+            batch_size=config.embed_batch_size,
+            device=device,
+        )
+        n_train, n_all = len(train_set), len(all_texts)
+        new_head = fit_probe(
+            tuned[:n_train],
+            y_train,
+            tuned[n_train:n_all],
+            y_val,
+            len(labels),
+            c_grid=c_grid,
+            max_iter=config.head_max_iter,
+            seed=config.seed,
+            name_vectors=tuned[n_all:] if names else None,
+            **({} if cv else {"cv_max_examples": 0}),
+        )
+        model.set_head(torch.from_numpy(new_head.weight), torch.from_numpy(new_head.bias))
+        return new_head, new_head.predict(tuned[n_train:n_all])
+
+    def evidence_of(comparison) -> dict[str, Any]:
+        return {**comparison.to_dict(), "probe_better_beyond_noise": comparison.a_better()}
 
     # 1b. Few labels and a weak probe (the frozen geometry does not fit the labels: question
     #     type, affect): adapt the encoder anyway. By default LP-FT with the small-data recipe
     #     (step 2); opt-in (`contrastive_steps` > 0), SetFit-style contrastive fine-tuning and
     #     a new probe. Either is kept unless the probe is better beyond noise.
-    strength = head.chance_corrected(len(labels))
-    weak = may_adapt and strength < config.weak_probe_below
+    weak = config.strategy == "auto" and adapts_anyway(
+        decision.plan, strength, config.weak_probe_below
+    )
     weak_text = (
         f"the probe is weak (chance-corrected {head.selection} macro-F1 {strength:.3f} < "
         f"{config.weak_probe_below:g})"
@@ -186,12 +219,17 @@ def train(
     fine_tune_plan = decision.plan != "feature_extraction" or (
         weak and config.contrastive_steps == 0
     )
+    # the probe as it is, restored if it stays the better model
+    probe_state = (
+        {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if weak or fine_tune_plan
+        else None
+    )
     if weak and not fine_tune_plan:
         from training.contrastive import contrastive_adapt
         from training.evidence import paired_compare
 
         t0 = time.perf_counter()
-        probe_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         adapted = contrastive_adapt(
             model,
             backbone.tokenizer,
@@ -207,41 +245,19 @@ def train(
             time_budget_s=config.contrastive_time_budget_s,
             on_step=lambda i, n, msg: report("training", 0.2 + 0.75 * i / n, msg),
         )
-        tuned = encode(
-            model,
-            backbone.tokenizer,
-            all_texts + [label_name_text(x) for x in labels],
-            max_length=config.max_length,
-            batch_size=config.embed_batch_size,
-            device=device,
-        )
-        n_train = len(train_set)
-        adapted_head = fit_probe(
-            tuned[:n_train],
-            y_train,
-            tuned[n_train : len(all_texts)],
-            y_val,
-            len(labels),
-            c_grid=config.head_c_grid,
-            max_iter=config.head_max_iter,
-            seed=config.seed,
-            name_vectors=tuned[len(all_texts) :] if config.label_name_prior else None,
-        )
-        adapted_pred = np.argmax(
-            tuned[n_train : len(all_texts)] @ adapted_head.weight.T + adapted_head.bias, axis=1
+        adapted_head, adapted_pred = probe_on_adapted_encoder(
+            config.head_c_grid, cv=True, names=config.label_name_prior
         )
         comparison = paired_compare(y_val, probe_pred, adapted_pred, seed=config.seed)
         evidence = comparison.summary("probe", "contrastive")
         if comparison.a_better():
+            assert probe_state is not None
             model.load_state_dict(probe_state)
             reason += (
                 f"; {weak_text}, tried contrastive few-shot fine-tuning, kept the probe "
                 f"({evidence})"
             )
         else:
-            model.set_head(
-                torch.from_numpy(adapted_head.weight), torch.from_numpy(adapted_head.bias)
-            )
             strategy = "fine_tuning"
             reason += (
                 f"; {weak_text}: contrastive few-shot fine-tuning of the encoder (SetFit-style, "
@@ -256,10 +272,7 @@ def train(
             "stopped": adapted.stopped,
             "probe_strength": round(strength, 4),
             "head": {"c": adapted_head.c, "label_names": adapted_head.label_names},
-            "probe_vs_contrastive": {
-                **comparison.to_dict(),
-                "probe_better_beyond_noise": comparison.a_better(),
-            },
+            "probe_vs_contrastive": evidence_of(comparison),
             "kept": strategy == "fine_tuning",
         }
     elif weak:
@@ -273,7 +286,6 @@ def train(
         from training.evidence import paired_compare
         from training.finetune import fine_tune
 
-        probe_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if test is not None:  # for benchmarks: what the probe alone scores on test (never used)
             x_test, _ = embed_with_cache(
                 model,
@@ -285,7 +297,7 @@ def train(
                 device=device,
                 cache=cache,
             )
-            test_pred = np.argmax(x_test @ head.weight.T + head.bias, axis=1)
+            test_pred = head.predict(x_test)
             probe_test = compute_metrics([label_id[x] for x in test.labels], test_pred, labels)
             details["probe_test_metrics"] = {
                 "accuracy": probe_test.accuracy,
@@ -316,27 +328,7 @@ def train(
             # embeddings generalises better than the head trained to ~zero loss alongside
             # the encoder (+2.4 and +3.0 points on emotion 64/class, dev split).
             report("training", 1.0, "refitting the head on fine-tuned embeddings")
-            tuned = encode(
-                model,
-                backbone.tokenizer,
-                all_texts,
-                max_length=config.max_length,
-                batch_size=config.embed_batch_size,
-                device=device,
-            )
-            refit = fit_probe(
-                tuned[: len(train_set)],
-                y_train,
-                tuned[len(train_set) :],
-                y_val,
-                len(labels),
-                c_grid=(head.c,),
-                max_iter=config.head_max_iter,
-                seed=config.seed,
-                cv_max_examples=0,
-            )
-            model.set_head(torch.from_numpy(refit.weight), torch.from_numpy(refit.bias))
-            ft_pred = np.argmax(tuned[len(train_set) :] @ refit.weight.T + refit.bias, axis=1)
+            _, ft_pred = probe_on_adapted_encoder((head.c,), cv=False, names=False)
         timings["fine_tuning_s"] = round(time.perf_counter() - t0, 2)
         comparison = paired_compare(y_val, probe_pred, ft_pred, seed=config.seed)
         details["fine_tuning"] = {
@@ -347,12 +339,10 @@ def train(
             "samples_per_s": ft.samples_per_s,
             "stopped": ft.stopped,
         }
-        details["probe_vs_fine_tuning"] = {
-            **comparison.to_dict(),
-            "probe_better_beyond_noise": comparison.a_better(),
-        }
+        details["probe_vs_fine_tuning"] = evidence_of(comparison)
         evidence = comparison.summary("probe", "fine-tuning")
         if config.strategy == "auto" and comparison.a_better():
+            assert probe_state is not None
             model.load_state_dict(probe_state)
             reason += f"; kept the probe: it is better beyond noise ({evidence})"
         else:

@@ -89,3 +89,10 @@ def decide(
         "better beyond noise on validation",
         inputs,
     )
+
+
+def adapts_anyway(plan: Plan, probe_strength: float, weak_probe_below: float) -> bool:
+    """Few labels, but the frozen geometry does not fit them (the probe's chance-corrected
+    macro-F1 is under `weak_probe_below`): `auto` adapts the encoder although the plan is
+    feature extraction, and keeps the probe only if it is better beyond noise."""
+    return plan == "feature_extraction" and probe_strength < weak_probe_below
