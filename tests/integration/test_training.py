@@ -196,10 +196,13 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
     assert not (tmp_path / "home").exists() or Registry(tmp_path / "home").list_models() == []
 
 
-def test_strong_probe_skips_contrastive_adaptation(fe_result) -> None:
+def test_strong_probe_is_not_adapted(fe_result) -> None:
     result, _, _ = fe_result
-    assert "contrastive" not in result.details  # intents fit the frozen geometry
     probe = result.details["probe"]
+    assert probe["strength"] >= 0.6  # intents fit the frozen geometry ...
+    assert "fine_tuning" not in result.details  # ... so auto neither fine-tunes
+    assert "the probe is weak" not in result.metadata.reason  # nor says it would
+    assert result.metadata.strategy == "feature_extraction"
     assert probe["selection"] == "cross-validation"
     assert {"10", "10+names"} <= set(probe["search"])
 
