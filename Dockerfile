@@ -25,7 +25,7 @@ RUN mkdir -p /src/models /src/training /src/service \
     else \
       pip install ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} "torch==2.13.0"; \
     fi \
- && pip install ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} "/src[$FLAVOR,train]" \
+ && pip install ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} "/src[$FLAVOR,train,cluster]" \
  && pip uninstall -y refit-service \
  && rm -rf /src/build /src/*.egg-info
 # 2. The project itself.

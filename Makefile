@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 export ORT_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install serve test test-container bench audit lint format clean
+.PHONY: install system-deps serve test test-container bench audit lint format clean
 
 install: $(STAMP)
 
@@ -25,7 +25,12 @@ $(STAMP): pyproject.toml
 serve: install
 	$(BIN)/python -m service
 
-test: install lint
+# tests/cluster starts real PostgreSQL and SeaweedFS processes; this installs the former
+# from Debian when missing (SeaweedFS comes from PyPI with the dev extra).
+system-deps:
+	bash tests/cluster/install_postgres.sh
+
+test: install lint system-deps
 	$(BIN)/python -m pytest -q -ra
 
 # Benchmarks (long: the full learning curve takes hours on 2 CPU cores); results in bench/results/.

@@ -6,6 +6,7 @@ from models._errors import (
     CorruptVersionError,
     InvalidModelNameError,
     RegistryError,
+    RegistryUnavailable,
     VersionNotFoundError,
 )
 from models._faults import failpoint
@@ -20,6 +21,9 @@ from models._metadata import (
     QuantizationReport,
 )
 from models._registry import (
+    AliasStore,
+    FileAliases,
+    LocalStorage,
     ModelVersion,
     Registry,
     Staging,
@@ -30,6 +34,10 @@ from models._registry import (
 )
 
 __all__ = [
+    "AliasStore",
+    "FileAliases",
+    "LocalStorage",
+    "RegistryUnavailable",
     "SCHEMA_VERSION",
     "BackboneInfo",
     "ClassMetrics",

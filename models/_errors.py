@@ -34,3 +34,7 @@ class CorruptVersionError(RegistryError):
             f"model {name!r} version {version!r} is corrupt: {file}: {problem}; "
             "delete it or roll back to a good version"
         )
+
+
+class RegistryUnavailable(RegistryError):
+    """The shared registry (object storage) could not be reached; retry later."""

@@ -1,14 +1,17 @@
-"""A versioned model registry on a plain filesystem.
+"""A versioned model registry: immutable versions in storage, aliases behind compare-and-set.
 
-Layout::
+Storage (`LocalStorage`, the default, or `models._s3.S3Storage`)::
 
     <root>/<name>/<version>/model.onnx, tokenizer.json, ..., metadata.json
-    <root>/<name>/aliases.json        {"production": V, "previous": V}
     <root>/<name>/.staging-<version>.<pid>/ work in progress, never listed
 
-Every change that other processes can observe is one `os.rename`/`os.replace` of something
-already complete and fsynced, so a crash at any moment leaves either no version or a complete
-one, and readers never see a half-written alias file.
+A version exists once its `metadata.json` exists (written last, with every file's sha256).
+On a folder every observable change is one `os.rename`/`os.replace` of something complete and
+fsynced, so a crash leaves either no version or a complete one.
+
+Aliases (production/previous) live in an `AliasStore`: `FileAliases` (`<root>/<name>/
+aliases.json`, for a registry used as a library) or the service's database
+(`service.state`), always moved by compare-and-set so that two promotions cannot interleave.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -119,11 +122,57 @@ class Staging:
     path: Path
 
 
-class Registry:
-    def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root).resolve() if root is not None else default_home()
+class AliasStore(Protocol):
+    """Where production/previous live. `read` returns the aliases and a token that changes
+    whenever they do; `compare_and_set` writes only if the token is still `expected`."""
 
-    # -- reading ---------------------------------------------------------------------------
+    def read(self, name: str) -> tuple[dict[str, str], Any]: ...
+
+    def compare_and_set(self, name: str, expected: Any, aliases: dict[str, str]) -> bool: ...
+
+
+class FileAliases:
+    """`<root>/<name>/aliases.json`, replaced atomically under an flock."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, name: str) -> Path:
+        return self.root / name / ALIASES_FILE
+
+    def read(self, name: str) -> tuple[dict[str, str], Any]:
+        path = self._path(name)
+        try:
+            st = path.stat()
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}, None
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"{path}: unreadable alias file ({exc})") from exc
+        aliases = {k: v for k, v in raw.items() if k in ALIASES and isinstance(v, str)}
+        return aliases, (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def compare_and_set(self, name: str, expected: Any, aliases: dict[str, str]) -> bool:
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / ".lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                if self.read(name)[1] != expected:
+                    return False
+                _write_atomic(self._path(name), json.dumps(aliases, indent=2).encode())
+                return True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class LocalStorage:
+    """Versions in a folder on this machine (one node, or a shared filesystem)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
     def model_dir(self, name: str) -> Path:
         return self.root / validate_model_name(name)
 
@@ -142,15 +191,77 @@ class Registry:
             if p.is_dir() and _VERSION_RE.match(p.name) and (p / METADATA_FILE).is_file()
         )
 
-    def aliases(self, name: str) -> dict[str, str]:
-        path = self.model_dir(name) / ALIASES_FILE
+    def read_metadata(self, name: str, version: str) -> bytes | None:
         try:
-            raw = json.loads(path.read_text())
+            return (self.model_dir(name) / version / METADATA_FILE).read_bytes()
         except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"{path}: unreadable alias file ({exc})") from exc
-        return {k: v for k, v in raw.items() if k in ALIASES and isinstance(v, str)}
+            return None
+
+    def fetch(self, name: str, version: str, files: dict[str, str]) -> Path:
+        """The version's folder on this machine (here: where it lives)."""
+        return self.model_dir(name) / version
+
+    def staging_root(self, name: str) -> Path:
+        return self.model_dir(name)
+
+    def publish(self, staging: Staging, metadata_json: bytes) -> Path:
+        (staging.path / METADATA_FILE).write_bytes(metadata_json)
+        for p in staging.path.iterdir():
+            _fsync_path(p)
+        _fsync_path(staging.path)
+        failpoint("publish")
+        final = staging.path.parent / staging.version
+        os.rename(staging.path, final)  # atomic; fails rather than overwrite a version
+        _fsync_path(final.parent)
+        return final
+
+    def remove(self, name: str, version: str) -> None:
+        # Rename first so that no reader ever sees a half-deleted version.
+        folder = self.model_dir(name)
+        trash = folder / f"{_STAGING_PREFIX}deleted-{version}"
+        os.rename(folder / version, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def clean_incomplete(self, name: str) -> list[str]:
+        return []
+
+    def prune_cache(self, name: str, keep: set[str]) -> list[str]:
+        return []  # the folder is the registry, not a cache
+
+
+class Registry:
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        *,
+        storage: Any = None,
+        aliases: AliasStore | None = None,
+    ) -> None:
+        if storage is None:
+            storage = LocalStorage(Path(root).resolve() if root is not None else default_home())
+        self.storage = storage
+        self.root: Path = storage.root  # local folder (for a remote registry: its cache)
+        self.url: str = storage.url
+        self.alias_store: AliasStore = aliases or FileAliases(self.root)
+        self._metadata: dict[tuple[str, str], ModelMetadata] = {}  # versions are immutable
+
+    # -- reading ---------------------------------------------------------------------------
+    def model_dir(self, name: str) -> Path:
+        return self.storage.model_dir(name)
+
+    def list_models(self) -> list[str]:
+        return self.storage.list_models()
+
+    def list_versions(self, name: str) -> list[str]:
+        validate_model_name(name)
+        return self.storage.list_versions(name)
+
+    def aliases(self, name: str) -> dict[str, str]:
+        return self.alias_store.read(validate_model_name(name))[0]
+
+    def alias_token(self, name: str) -> Any:
+        """Changes whenever the aliases of `name` do (cheap: what watchers poll)."""
+        return self.alias_store.read(validate_model_name(name))[1]
 
     def resolve(self, name: str, version_or_alias: str) -> str:
         if version_or_alias in ALIASES:
@@ -160,49 +271,41 @@ class Registry:
             return target
         return version_or_alias
 
-    def get(self, name: str, version: str = "production") -> ModelVersion:
-        version = self.resolve(name, version)
-        path = self.model_dir(name) / version
-        if not _VERSION_RE.match(version) or not (path / METADATA_FILE).is_file():
+    def metadata(self, name: str, version: str) -> ModelMetadata:
+        key = (validate_model_name(name), version)
+        if key in self._metadata:
+            return self._metadata[key]
+        raw = self.storage.read_metadata(name, version) if _VERSION_RE.match(version) else None
+        if raw is None:
             raise VersionNotFoundError(name, version, self.list_versions(name))
-        return ModelVersion(name, version, path, self._read_metadata(name, version, path))
-
-    def verify(self, name: str, version: str = "production") -> ModelVersion:
-        """Re-hash every file; raise `CorruptVersionError` naming the first bad file."""
-        mv = self.get(name, version)
-        for file, expected in sorted(mv.metadata.files.items()):
-            target = mv.path / file
-            if not target.is_file():
-                raise CorruptVersionError(name, mv.version, file, "missing")
-            actual = sha256_file(target)
-            if actual != expected:
-                raise CorruptVersionError(
-                    name, mv.version, file, f"sha256 {actual[:12]}… != recorded {expected[:12]}…"
-                )
-        return mv
-
-    def _read_metadata(self, name: str, version: str, path: Path) -> ModelMetadata:
         try:
-            return ModelMetadata.model_validate_json((path / METADATA_FILE).read_bytes())
-        except (OSError, ValidationError, ValueError) as exc:
+            meta = ModelMetadata.model_validate_json(raw)
+        except (ValidationError, ValueError) as exc:
             first = str(exc).splitlines()[0]
             raise CorruptVersionError(name, version, METADATA_FILE, first) from exc
+        if self.storage.url != str(self.root):  # remote: immutable, so cache it
+            self._metadata[key] = meta
+        return meta
+
+    def get(self, name: str, version: str = "production") -> ModelVersion:
+        """A version's metadata and where its files are (or will be, once `verify` fetched
+        them) on this machine."""
+        version = self.resolve(name, version)
+        meta = self.metadata(name, version)
+        return ModelVersion(name, version, self.model_dir(name) / version, meta)
+
+    def verify(self, name: str, version: str = "production") -> ModelVersion:
+        """Fetch the version's files to this machine if needed and re-hash every one; raise
+        `CorruptVersionError` naming the first bad file."""
+        mv = self.get(name, version)
+        path = self.storage.fetch(name, mv.version, mv.metadata.files)
+        check_files(name, mv.version, path, mv.metadata.files)
+        return ModelVersion(name, mv.version, path, mv.metadata)
 
     # -- writing ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[Path]:
-        folder = self.model_dir(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / ".lock").open("a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield folder
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     def stage(self, name: str) -> Staging:
-        """Create a private staging folder; its version id is fixed now."""
-        folder = self.model_dir(name)
+        """Create a private staging folder on this machine; its version id is fixed now."""
+        folder = self.storage.staging_root(validate_model_name(name))
         folder.mkdir(parents=True, exist_ok=True)
         self.clean_staging(name)
         version = new_version_id()
@@ -214,7 +317,7 @@ class Registry:
         shutil.rmtree(staging.path, ignore_errors=True)
 
     def publish(self, staging: Staging, metadata: ModelMetadata) -> ModelVersion:
-        """Hash, fsync and rename the staging folder into place: all or nothing."""
+        """Hash every file, then make the version exist: all or nothing."""
         if metadata.name != staging.name or metadata.version != staging.version:
             raise RegistryError(
                 f"metadata names {metadata.name}/{metadata.version}, "
@@ -226,92 +329,108 @@ class Registry:
             if p.is_file() and p.name != METADATA_FILE
         }
         metadata = metadata.model_copy(update={"files": files})
-        (staging.path / METADATA_FILE).write_text(metadata.model_dump_json(indent=2))
-        for p in staging.path.iterdir():
-            _fsync_path(p)
-        _fsync_path(staging.path)
-        failpoint("publish")
-        final = staging.path.parent / staging.version
-        os.rename(staging.path, final)  # atomic; fails rather than overwrite a version
-        _fsync_path(final.parent)
+        final = self.storage.publish(staging, metadata.model_dump_json(indent=2).encode())
         return ModelVersion(staging.name, staging.version, final, metadata)
+
+    def _move_aliases(self, name: str, change) -> dict[str, str]:
+        """Apply `change(current) -> new | None` by compare-and-set, retrying on conflict:
+        concurrent promotions are applied one after the other, never interleaved."""
+        for _ in range(50):
+            current, token = self.alias_store.read(name)
+            updated = change(current)
+            if updated is None or updated == current:
+                return current
+            if self.alias_store.compare_and_set(name, token, updated):
+                return updated
+            time.sleep(0.01)
+        raise RegistryError(f"the aliases of {name!r} kept changing under this promotion; retry")
 
     def promote(self, name: str, version: str) -> dict[str, str]:
         """Make `version` production; the old production becomes `previous`."""
         version = self.resolve(name, version)
         self.verify(name, version)
-        with self._locked(name) as folder:
-            aliases = self.aliases(name)
+
+        def change(aliases: dict[str, str]) -> dict[str, str] | None:
             current = aliases.get("production")
             if current == version:
-                return aliases
-            updated = {"production": version}
-            if current is not None:
-                updated["previous"] = current
-            _write_atomic(folder / ALIASES_FILE, json.dumps(updated, indent=2).encode())
-            return updated
+                return None
+            return {"production": version, **({"previous": current} if current else {})}
+
+        return self._move_aliases(validate_model_name(name), change)
 
     def rollback(self, name: str) -> dict[str, str]:
         """Swap `production` and `previous` (a second rollback undoes the first)."""
-        with self._locked(name) as folder:
-            aliases = self.aliases(name)
+        validate_model_name(name)
+        checked: set[str] = set()
+
+        def change(aliases: dict[str, str]) -> dict[str, str]:
             previous = aliases.get("previous")
             if previous is None:
                 raise RegistryError(
                     f"model {name!r} has no previous version to roll back to; "
                     "promote a version explicitly instead"
                 )
-            self.verify(name, previous)
-            updated = {"production": previous, "previous": aliases["production"]}
-            _write_atomic(folder / ALIASES_FILE, json.dumps(updated, indent=2).encode())
-            return updated
+            if previous not in checked:
+                self.verify(name, previous)
+                checked.add(previous)
+            return {"production": previous, "previous": aliases["production"]}
+
+        return self._move_aliases(name, change)
 
     def delete(self, name: str, version: str) -> None:
-        with self._locked(name) as folder:
-            aliased = {v: k for k, v in self.aliases(name).items()}
-            if version in aliased:
-                raise RegistryError(
-                    f"version {version!r} of {name!r} is aliased as {aliased[version]!r}; "
-                    "promote or roll back first"
-                )
-            if version not in self.list_versions(name):
-                raise VersionNotFoundError(name, version, self.list_versions(name))
-            self._remove_version(folder, version)
+        aliased = {v: k for k, v in self.aliases(name).items()}
+        if version in aliased:
+            raise RegistryError(
+                f"version {version!r} of {name!r} is aliased as {aliased[version]!r}; "
+                "promote or roll back first"
+            )
+        if version not in self.list_versions(name):
+            raise VersionNotFoundError(name, version, self.list_versions(name))
+        self.storage.remove(name, version)
 
     def prune(self, name: str, keep_last: int) -> list[str]:
         """Delete all but the newest `keep_last` versions, never an aliased one."""
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-        with self._locked(name) as folder:
-            keep = set(self.aliases(name).values())
-            versions = self.list_versions(name)
-            keep.update(versions[-keep_last:])
-            removed = [v for v in versions if v not in keep]
-            for version in removed:
-                self._remove_version(folder, version)
-            return removed
+        keep = set(self.aliases(name).values())
+        versions = self.list_versions(name)
+        keep.update(versions[-keep_last:])
+        removed = [v for v in versions if v not in keep]
+        for version in removed:
+            self.storage.remove(name, version)
+        return removed
 
-    @staticmethod
-    def _remove_version(folder: Path, version: str) -> None:
-        # Rename first so that no reader ever sees a half-deleted version.
-        trash = folder / f"{_STAGING_PREFIX}deleted-{version}"
-        os.rename(folder / version, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+    def prune_cache(self, name: str, keep: set[str]) -> list[str]:
+        """Remove this machine's cached copies of versions outside `keep` (remote only)."""
+        return self.storage.prune_cache(name, keep)
 
     def clean_staging(self, name: str) -> list[str]:
         """Remove staging folders left by a dead process (or older than 6 h): what a
-        SIGKILLed trainer leaves behind. Never touches a live process's staging."""
-        folder = self.model_dir(name)
+        SIGKILLed trainer leaves behind. Never touches a live process's staging. On a
+        remote registry, also versions whose upload never finished (no metadata)."""
+        folder = self.storage.staging_root(validate_model_name(name))
         cutoff = time.time() - _STALE_STAGING_S
         removed = []
-        for p in folder.glob(f"{_STAGING_PREFIX}*"):
+        for p in folder.glob(f"{_STAGING_PREFIX}*") if folder.is_dir() else []:
             owner = p.suffix[1:]
             dead = owner.isdigit() and not pid_alive(int(owner))
             with contextlib.suppress(OSError):
                 if dead or p.stat().st_mtime < cutoff:
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(p.name)
-        return removed
+        return removed + self.storage.clean_incomplete(name)
+
+
+def check_files(name: str, version: str, path: Path, files: dict[str, str]) -> None:
+    for file, expected in sorted(files.items()):
+        target = path / file
+        if not target.is_file():
+            raise CorruptVersionError(name, version, file, "missing")
+        actual = sha256_file(target)
+        if actual != expected:
+            raise CorruptVersionError(
+                name, version, file, f"sha256 {actual[:12]}… != recorded {expected[:12]}…"
+            )
 
 
 def pid_alive(pid: int | None) -> bool:

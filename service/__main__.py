@@ -9,8 +9,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from models import Registry
-
 log = logging.getLogger("service")
 
 EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "training" / "data" / "example_intents.csv"
@@ -20,9 +18,17 @@ def ensure_production_model(settings) -> None:
     """With an empty registry, train a first model from the shipped example data (or
     REFIT_DEFAULT_DATA). A registry that has versions is left alone, even when production
     is missing or corrupt: the service then reports it instead of replacing user models."""
-    registry = Registry(settings.root)
+    from service.state import open_state
+
+    store, registry = open_state(settings)
+    # Replicas started together on an empty shared registry may each train one: harmless
+    # (promotions are compare-and-set: the last one is production, the other previous).
     if registry.list_versions(settings.model_name) or registry.aliases(settings.model_name):
         return
+    _first_model(settings, store, registry)
+
+
+def _first_model(settings, store, registry) -> None:
     data = settings.default_data or EXAMPLE_DATA
     log.info(
         "no production model %r under %s: training one from %s",
@@ -30,7 +36,6 @@ def ensure_production_model(settings) -> None:
         settings.root,
         data,
     )
-    from service.store import Store
     from training import TrainConfig, load_dataset
     from training.pipeline import train
 
@@ -40,7 +45,7 @@ def ensure_production_model(settings) -> None:
     result = train(dataset, config, registry=registry)
     # The first model's examples become the stored dataset: feedback and `append` retrains
     # build on them rather than starting over.
-    Store(settings.store_path, busy_timeout_s=settings.store_busy_timeout_s).add_examples(
+    store.add_examples(
         settings.model_name,
         list(zip(dataset.texts, dataset.labels, strict=True)),
         mode="replace",

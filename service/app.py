@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -24,7 +23,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse
 
-from models import CorruptVersionError, Registry, RegistryError
+from models import CorruptVersionError, RegistryError, RegistryUnavailable
 from service import metrics
 from service.drift import drift_report
 from service.middleware import (
@@ -42,7 +41,9 @@ from service.schemas import (
     error_responses,
 )
 from service.settings import Settings
-from service.store import ACTIVE_STATES, RetrainPolicy, Store, StoreBusy
+from service.state import open_state
+from service.store import ACTIVE_STATES, RetrainPolicy, StoreUnavailable
+from service.trainer import die_with_parent, trainer_env
 from training.data import control_character
 
 log = logging.getLogger("service")
@@ -67,8 +68,9 @@ async def _invalid(request, exc: RequestValidationError) -> JSONResponse:
     )
 
 
-@admin.exception_handler(StoreBusy)
-async def _store_busy(request, exc: StoreBusy) -> JSONResponse:
+@admin.exception_handler(StoreUnavailable)
+@admin.exception_handler(RegistryUnavailable)
+async def _unavailable(request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
 
@@ -86,11 +88,6 @@ def warn_if_open(settings: Settings) -> bool:
     return True
 
 
-def _die_with_parent() -> None:  # runs in the trainer child before exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 @bentoml.service(
     name="refit",
     workers=SETTINGS.workers,
@@ -101,10 +98,8 @@ def _die_with_parent() -> None:  # runs in the trainer child before exec
 class Refit:
     def __init__(self) -> None:
         self.settings = SETTINGS
-        self.registry = Registry(self.settings.root)
-        self.store = Store(
-            self.settings.store_path, busy_timeout_s=self.settings.store_busy_timeout_s
-        )
+        self.store, self.registry = open_state(self.settings)
+        self.embedded = self.settings.trainer == "embedded"
         self.holder = ModelHolder(
             self.registry,
             self.settings.model_name,
@@ -139,12 +134,12 @@ class Refit:
     def _reconcile_jobs() -> None:  # once, before any worker starts
         settings = Settings()
         warn_if_open(settings)
-        interrupted = Store(
-            settings.store_path, busy_timeout_s=settings.store_busy_timeout_s
-        ).reconcile()
-        if interrupted:
-            log.warning("jobs interrupted by the last shutdown: %s", ", ".join(interrupted))
-        removed = Registry(settings.root).clean_staging(settings.model_name)
+        store, registry = open_state(settings)  # migrates the store once, before the workers
+        if settings.trainer == "embedded":  # `refit worker`s reap their own jobs
+            interrupted = store.reconcile()
+            if interrupted:
+                log.warning("jobs interrupted by the last shutdown: %s", ", ".join(interrupted))
+        removed = registry.clean_staging(settings.model_name)
         if removed:
             log.warning("removed unfinished staging folders: %s", ", ".join(removed))
 
@@ -174,7 +169,15 @@ class Refit:
         name = self.settings.model_name
         if traffic:
             counts = {k: (int(v[0]), v[1]) for k, v in traffic.items()}
-            await asyncio.to_thread(self.store.add_traffic, name, counts)
+            try:
+                await asyncio.to_thread(self.store.add_traffic, name, counts)
+            except StoreUnavailable:  # kept for the next flush: drift counts are not lost
+                for key, (n, c) in counts.items():
+                    seen = self._traffic.setdefault(key, [0, 0.0])
+                    seen[0] += n
+                    seen[1] += c
+                self._uncertain = (uncertain + self._uncertain)[:1000]
+                raise
         if uncertain:
             await asyncio.to_thread(
                 self.store.add_uncertain,
@@ -199,6 +202,8 @@ class Refit:
             return
         metrics.AUTO_RETRAINS.labels(name, job.request["trigger"]).inc()
         log.info("job %s started by a trigger: %s", job.id, job.request["cause"])
+        if not self.embedded:
+            return  # a `refit worker` claims it
         task = asyncio.get_running_loop().create_task(self._run_job(job.id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -328,7 +333,20 @@ class Refit:
         job = self.store.get_job(job_id) if job_id else None
         if job is None:
             return {"error": "no such job; submit examples to POST /retrain/submit"}
+        if not self.embedded:
+            return await self._await_job(job.id)
         return await self._run_job(job.id)
+
+    async def _await_job(self, job_id: str) -> dict[str, Any]:
+        """REFIT_TRAINER=external: a `refit worker` runs the job; the task follows it."""
+        while True:
+            try:
+                job = await asyncio.to_thread(self.store.get_job, job_id)
+            except StoreUnavailable:
+                job = None
+            if job is not None and job.state not in ACTIVE_STATES:
+                return job.to_dict()
+            await asyncio.sleep(1.0)
 
     async def _run_job(self, job_id: str) -> dict[str, Any]:
         model = self.settings.model_name
@@ -341,15 +359,14 @@ class Refit:
         job = self.store.get_job(job_id)
         if job is None or job.state not in ACTIVE_STATES:
             return job.to_dict() if job else {"error": "job vanished"}
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(self.settings.trainer_threads),
-            "MKL_NUM_THREADS": str(self.settings.trainer_threads),
-            "TOKENIZERS_PARALLELISM": "false",
-        }
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service.trainer", job_id, env=env, preexec_fn=_die_with_parent
+            sys.executable,
+            "-m",
+            "service.trainer",
+            job_id,
+            env=trainer_env(self.settings),
+            preexec_fn=die_with_parent,
         )
         try:
             code = await proc.wait()
@@ -395,7 +412,12 @@ class Refit:
         name = self.settings.model_name
         aliases = self.registry.aliases(name)
         versions = []
-        for version in reversed(self.registry.list_versions(name)):
+        registry_error = None
+        try:
+            listed = self.registry.list_versions(name)
+        except RegistryUnavailable as exc:  # answer with what this replica knows
+            listed, registry_error = sorted(set(aliases.values())), str(exc)
+        for version in reversed(listed):
             row: dict[str, Any] = {
                 "version": version,
                 "aliases": [a for a, v in aliases.items() if v == version],
@@ -404,6 +426,10 @@ class Refit:
                 meta = self.registry.get(name, version).metadata
             except CorruptVersionError as exc:
                 row["status"] = f"corrupt: {exc.problem}"
+                versions.append(row)
+                continue
+            except RegistryUnavailable as exc:
+                row["status"] = f"unavailable: {exc}"
                 versions.append(row)
                 continue
             if version in self.holder.failed_versions:
@@ -443,7 +469,10 @@ class Refit:
                 "provider": served.provider if served else None,
                 "worker_pid": os.getpid(),
                 "error": self.holder.error,
+                "fetch_error": self.holder.fetch_error,
             },
+            "registry": {"url": self.registry.url, "error": registry_error},
+            "trainer": self.settings.trainer,
             "versions": versions,
         }
 
@@ -560,10 +589,11 @@ class Refit:
                 409,
                 f"job {job_id} is {job.state}; only failed, interrupted or cancelled jobs can be retried",
             )
-        retried = self.store.retry_job(job, owner_pid=os.getpid())
-        task = asyncio.get_running_loop().create_task(self._run_job(retried.id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        retried = self.store.retry_job(job, owner_pid=os.getpid() if self.embedded else None)
+        if self.embedded:
+            task = asyncio.get_running_loop().create_task(self._run_job(retried.id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         log.info("job %s queued as a retry of %s", retried.id, job_id)
         return JSONResponse(retried.to_dict(), status_code=202)
 

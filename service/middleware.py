@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from service.schemas import RetrainOptions, RetrainRequest
 from service.settings import Settings
-from service.store import Store, StoreBusy
+from service.state import open_store
+from service.store import StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -287,9 +288,7 @@ class RetrainSubmitMiddleware:
     def __init__(self, app, settings: Settings | None = None) -> None:
         self.app = app
         self.settings = settings or Settings()
-        self.store = Store(
-            self.settings.store_path, busy_timeout_s=self.settings.store_busy_timeout_s
-        )
+        self.store = open_store(self.settings, migrate=False)  # migrated at deployment
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -411,7 +410,7 @@ class RetrainSubmitMiddleware:
             list(zip(dataset.texts, dataset.labels, strict=True)),
             mode=options.mode,
             source="http",
-            owner_pid=os.getpid(),
+            owner_pid=os.getpid() if self.settings.trainer == "embedded" else None,
         )
         log.info("job %s queued: %d examples, mode %s", job.id, len(dataset), options.mode)
         return job

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from models import ModelVersion, Registry, RegistryError
+from models import ModelVersion, Registry, RegistryError, RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,12 @@ def load_model(
 
 
 class ModelHolder:
-    """Watches the registry's alias file and swaps in a new production model.
+    """Follows the production alias and swaps in a new production model.
 
-    The stat of `aliases.json` is cheap; loading happens outside the lock, the swap is one
-    reference assignment under it.
+    Reading the alias generation is cheap (one indexed row); fetching (remote registry),
+    verifying and loading happen outside the lock, the swap is one reference assignment
+    under it. When the store or the registry is away, the loaded model keeps serving and the
+    next poll tries again.
     """
 
     def __init__(
@@ -115,9 +117,10 @@ class ModelHolder:
         }
         self._lock = threading.Lock()
         self._model: LoadedModel | None = None
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: Any = None
         self.error: str | None = None
         self.failed_versions: dict[str, str] = {}
+        self.fetch_error: dict[str, str] | None = None  # a version it could not fetch (yet)
         self.swaps = 0
 
     @property
@@ -125,16 +128,13 @@ class ModelHolder:
         with self._lock:
             return self._model
 
-    def _alias_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = (self.registry.model_dir(self.name) / "aliases.json").stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
     def refresh(self) -> bool:
         """Load the production version if it changed; True when a swap happened."""
-        stamp = self._alias_stamp()
+        try:
+            stamp = self.registry.alias_token(self.name)
+        except Exception as exc:  # the store is away: keep serving what is loaded
+            log.warning("cannot read the aliases of %s: %s", self.name, exc)
+            return False
         if stamp is not None and stamp == self._seen:
             return False
         self._seen = stamp
@@ -151,6 +151,11 @@ class ModelHolder:
         try:
             mv = self.registry.verify(self.name, target)
             loaded = load_model(mv, **self._load_kwargs)
+        except RegistryUnavailable as exc:  # transient: the next poll tries again
+            self._seen = None
+            self.fetch_error = {"version": target, "error": str(exc)}
+            log.warning("cannot fetch %s/%s: %s", self.name, target, exc)
+            return False
         except ProviderError as exc:
             self.error = str(exc)
             log.error("%s", exc)
@@ -163,8 +168,14 @@ class ModelHolder:
         with self._lock:
             self._model = loaded
         self.error = None
+        self.fetch_error = None
         self.swaps += 1
         log.info("now serving %s/%s", self.name, loaded.version)
+        try:  # cached copies of versions nothing points to (remote registries)
+            keep = {loaded.version, *self.registry.aliases(self.name).values()}
+            self.registry.prune_cache(self.name, keep)
+        except Exception as exc:
+            log.warning("cache not pruned: %s", exc)
         return True
 
 

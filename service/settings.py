@@ -113,6 +113,39 @@ class Settings(BaseSettings):
     graceful_shutdown_s: int = Field(
         30, ge=0, description="drain time for in-flight requests on SIGTERM"
     )
+    # -- scale-out (docs: README "Scale out") ---------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="sqlite:///PATH (default: $REFIT_HOME/refit.sqlite) or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DB shared by every replica and worker",
+    )
+    registry_url: str | None = Field(
+        None,
+        description="model registry: a folder (default: $REFIT_HOME) or s3://BUCKET/PREFIX",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (default: AWS); credentials from AWS_* variables"
+    )
+    cache_dir: Path | None = Field(
+        None, description="where a replica caches versions of a remote registry ($REFIT_HOME/cache)"
+    )
+    trainer: Literal["embedded", "external"] = Field(
+        "embedded",
+        description="embedded: the service runs its own trainer processes; external: "
+        "`refit worker` processes claim the jobs and the service only queues them",
+    )
+    worker_heartbeat_s: float = Field(
+        2.0, gt=0, le=60, description="how often a worker renews its hold on a running job"
+    )
+    worker_timeout_s: float = Field(
+        30.0, gt=0, description="a running job whose worker is silent this long is interrupted"
+    )
+    job_retries: int = Field(
+        1, ge=0, le=10, description="automatic retries of a job whose worker stopped"
+    )
+    worker_poll_s: float = Field(
+        1.0, gt=0, le=60, description="how often idle workers look for jobs"
+    )
 
     @field_validator("model_name")
     @classmethod
@@ -141,6 +174,29 @@ class Settings(BaseSettings):
     def root(self) -> Path:
         return self.home.resolve()
 
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_url(cls, value: str | None) -> str | None:
+        if value and "://" in value and not value.startswith("s3://"):
+            raise ValueError("REFIT_REGISTRY_URL must be a folder or s3://BUCKET/PREFIX")
+        return value or None
+
     @property
     def store_path(self) -> Path:
         return self.root / "refit.sqlite"
+
+    @property
+    def database(self) -> str | Path:
+        """What `Store` opens: REFIT_DATABASE_URL, else the SQLite file in REFIT_HOME."""
+        return self.database_url or self.store_path
+
+    @property
+    def registry_root(self) -> Path:
+        """Local registry folder (REFIT_REGISTRY_URL as a path), else REFIT_HOME."""
+        if self.registry_url and not self.registry_url.startswith("s3://"):
+            return Path(self.registry_url).resolve()
+        return self.root
+
+    @property
+    def version_cache(self) -> Path:
+        return (self.cache_dir or self.root / "cache").resolve()

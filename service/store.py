@@ -1,11 +1,20 @@
-"""Durable state shared by every worker and the trainer process: one SQLite file.
+"""Durable state shared by every worker, replica, trainer and `refit worker`: one database.
 
-- `examples`: every accepted labeled example, in batches; a `replace` batch starts a new
+`REFIT_DATABASE_URL` picks it: SQLite in `$REFIT_HOME` (one node, the default) or PostgreSQL
+(a fleet). The schema is versioned by Alembic (`service/migrations/`); opening a store
+migrates it to the current revision.
+
+- `examples` in `batches`: every accepted labeled example; a `replace` batch starts a new
   dataset, an `append` batch adds to the current one.
-- `jobs`: one row per retrain job with its phase, progress, result and error, so that job
-  history survives restarts (BentoML's task store is not a durable history).
+- `jobs`: one row per retrain job with its phase, progress, result and error, the worker that
+  claimed it and its heartbeat (BentoML's task store is not a durable history).
+- `aliases`: production/previous per model with a generation number for compare-and-set.
+- `traffic`, `uncertain`: live label counts (drift) and low-confidence inputs, summed over
+  every replica.
 
-Writers use short transactions in WAL mode; readers never block writers.
+Every transaction is short. Read-then-write transactions that must not interleave across
+processes (a trigger firing, a job being claimed, an alias moving) lock the model's row in
+`model_locks` (`SELECT ... FOR UPDATE`; SQLite's `BEGIN IMMEDIATE` already serialises them).
 """
 
 from __future__ import annotations
@@ -13,74 +22,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sqlite3
+import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
 from models import pid_alive
+from service.database import display, make_engine, normalize_url, upgrade
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    model TEXT NOT NULL,
-    mode TEXT NOT NULL CHECK (mode IN ('append', 'replace')),
-    job_id TEXT,
-    source TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS examples (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    batch_id INTEGER NOT NULL REFERENCES batches(id),
-    text TEXT NOT NULL,
-    label TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS examples_batch ON examples(batch_id);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    model TEXT NOT NULL,
-    state TEXT NOT NULL,
-    request TEXT NOT NULL,
-    batch_id INTEGER,
-    phase TEXT NOT NULL DEFAULT 'queued',
-    fraction REAL NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    result TEXT,
-    error TEXT,
-    pid INTEGER,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    source TEXT NOT NULL DEFAULT 'http'
-);
-CREATE INDEX IF NOT EXISTS jobs_model_state ON jobs(model, state);
-CREATE TABLE IF NOT EXISTS traffic (
-    model TEXT NOT NULL,
-    version TEXT NOT NULL,
-    label TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    confidence_sum REAL NOT NULL,
-    PRIMARY KEY (model, version, label)
-);
-CREATE TABLE IF NOT EXISTS uncertain (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    model TEXT NOT NULL,
-    version TEXT NOT NULL,
-    label TEXT NOT NULL,
-    score REAL NOT NULL,
-    text_sha256 TEXT NOT NULL,
-    text TEXT,
-    created_at REAL NOT NULL
-);
-"""
 
 UNCERTAIN_KEPT = 1000  # rows of low-confidence inputs kept per model
 
@@ -115,6 +75,9 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    worker: str | None = None
+    heartbeat_at: float | None = None
+    attempt: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,10 +93,12 @@ class Job:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "worker": self.worker,
+            "attempt": self.attempt,
         }
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Any) -> Job:
     return Job(
         id=row["id"],
         model=row["model"],
@@ -150,57 +115,94 @@ def _job(row: sqlite3.Row) -> Job:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        worker=row["worker"],
+        heartbeat_at=row["heartbeat_at"],
+        attempt=row["attempt"],
     )
 
 
-class StoreBusy(Exception):
-    """Another writer held the store's lock for longer than the busy timeout."""
+class StoreUnavailable(Exception):
+    """The database could not be reached, or stayed locked: nothing was stored."""
+
+
+StoreBusy = StoreUnavailable  # the name the single-node release used
+
+_jobs = sa.table(
+    "jobs",
+    sa.column("id"),
+    sa.column("model"),
+    sa.column("state"),
+    sa.column("created_at"),
+    sa.column("worker"),
+    sa.column("heartbeat_at"),
+)
+_locks = sa.table("model_locks", sa.column("model"))
+
+
+def _q(sql: str) -> sa.TextClause:
+    return sa.text(sql)
 
 
 class Store:
-    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
-        self.path = path
+    def __init__(
+        self, url: str | Path, *, busy_timeout_s: float = 30.0, migrate: bool = True
+    ) -> None:
+        self.url = normalize_url(url)
         self.busy_timeout_s = busy_timeout_s
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._guard(), closing(self._connect()) as db:
-            db.executescript(_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(examples)")}
-            if "prediction_id" not in columns:  # stores created before feedback existed
-                db.execute("ALTER TABLE examples ADD COLUMN prediction_id TEXT")
-            if "source" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
-                db.execute("ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'http'")
+        self.sqlite = self.url.get_backend_name() == "sqlite"
+        self.name = Path(self.url.database or "").name if self.sqlite else display(self.url)
+        self.engine = make_engine(self.url, busy_timeout_s=busy_timeout_s)
+        if migrate:
+            with self._guard():
+                upgrade(self.engine)
 
-    def _connect(self) -> sqlite3.Connection:
-        # SQLite's busy handler retries a locked write until the timeout, then gives up.
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        return db
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file (None for a server database)."""
+        return Path(self.url.database) if self.sqlite and self.url.database else None
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except sqlite3.OperationalError as exc:
-            text = str(exc)
-            if "locked" in text or "busy" in text:
-                raise StoreBusy(
-                    f"the job store {self.path.name} stayed locked by another writer for"
-                    f" {self.busy_timeout_s:g} s ({text}); nothing was stored, retry later"
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            text = str(getattr(exc, "orig", None) or exc).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            if self.sqlite and ("locked" in text or "busy" in text):
+                raise StoreUnavailable(
+                    f"the job store {self.name} stayed locked by another writer for"
+                    f" {self.busy_timeout_s:g} s ({first}); nothing was stored, retry later"
                 ) from exc
-            raise
+            raise StoreUnavailable(
+                f"the store {self.name} is unavailable ({first}); nothing was stored, retry later"
+            ) from exc
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._guard(), closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def _tx(self) -> Iterator[sa.Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE)."""
+        with (
+            self._guard(),
+            self.engine.connect().execution_options(write=True) as db,
+            db.begin(),
+        ):
+            yield db
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self._guard(), self.engine.connect() as db:
+            yield db
+
+    @staticmethod
+    def _lock_model(db: sa.Connection, model: str) -> None:
+        """Serialise read-then-write transactions about one model across processes."""
+        db.execute(
+            _q("INSERT INTO model_locks (model) VALUES (:m) ON CONFLICT (model) DO NOTHING"),
+            {"m": model},
+        )
+        db.execute(sa.select(_locks.c.model).where(_locks.c.model == model).with_for_update())
 
     # -- examples --------------------------------------------------------------------------
     def dataset(self, model: str, *, upto_batch: int | None = None) -> list[tuple[str, str]]:
@@ -208,17 +210,22 @@ class Store:
 
         A text labeled twice keeps its latest label (a correction), in first-seen order.
         """
-        with closing(self._connect()) as db:
-            limit = upto_batch if upto_batch is not None else 2**62
+        limit = upto_batch if upto_batch is not None else 2**62
+        with self._read() as db:
             start = db.execute(
-                "SELECT COALESCE(MAX(id), 0) FROM batches WHERE model=? AND mode='replace' AND id<=?",
-                (model, limit),
-            ).fetchone()[0]
+                _q(
+                    "SELECT COALESCE(MAX(id), 0) FROM batches "
+                    "WHERE model=:m AND mode='replace' AND id<=:lim"
+                ),
+                {"m": model, "lim": limit},
+            ).scalar_one()
             rows = db.execute(
-                "SELECT e.text, e.label FROM examples e JOIN batches b ON e.batch_id=b.id "
-                "WHERE b.model=? AND b.id>=? AND b.id<=? ORDER BY e.id",
-                (model, start, limit),
-            ).fetchall()
+                _q(
+                    "SELECT e.text, e.label FROM examples e JOIN batches b ON e.batch_id=b.id "
+                    "WHERE b.model=:m AND b.id>=:start AND b.id<=:lim ORDER BY e.id"
+                ),
+                {"m": model, "start": start, "lim": limit},
+            ).all()
         latest: dict[str, str] = {}
         for text, label in rows:
             latest.pop(text, None)
@@ -226,8 +233,63 @@ class Store:
         return list(latest.items())
 
     def example_count(self) -> int:
-        with closing(self._connect()) as db:
-            return int(db.execute("SELECT COUNT(*) FROM examples").fetchone()[0])
+        with self._read() as db:
+            return int(db.execute(_q("SELECT COUNT(*) FROM examples")).scalar_one())
+
+    @staticmethod
+    def _add_batch(
+        db: sa.Connection,
+        model: str,
+        examples,
+        mode: str,
+        source: str,
+        job_id: str | None = None,
+        now: float | None = None,
+    ) -> int:
+        batch_id = db.execute(
+            _q(
+                "INSERT INTO batches (model, mode, job_id, source, created_at) "
+                "VALUES (:m, :mode, :job, :source, :at) RETURNING id"
+            ),
+            {
+                "m": model,
+                "mode": mode,
+                "job": job_id,
+                "source": source,
+                "at": time.time() if now is None else now,
+            },
+        ).scalar_one()
+        rows = [
+            {"b": batch_id, "t": e[0], "l": e[1], "p": e[2] if len(e) > 2 else None}
+            for e in examples
+        ]
+        if rows:
+            db.execute(
+                _q(
+                    "INSERT INTO examples (batch_id, text, label, prediction_id) "
+                    "VALUES (:b, :t, :l, :p)"
+                ),
+                rows,
+            )
+        return int(batch_id)
+
+    @staticmethod
+    def _insert_job(db: sa.Connection, **values: Any) -> None:
+        values = {
+            "pid": None,
+            "source": "http",
+            "attempt": 1,
+            **values,
+            "request": json.dumps(values["request"]),
+        }
+        db.execute(
+            _q(
+                "INSERT INTO jobs (id, model, state, request, batch_id, pid, created_at, source,"
+                " attempt) VALUES (:id, :model, 'queued', :request, :batch_id, :pid,"
+                " :created_at, :source, :attempt)"
+            ),
+            values,
+        )
 
     # -- jobs ------------------------------------------------------------------------------
     def create_job(
@@ -244,18 +306,16 @@ class Store:
         job_id = uuid.uuid4().hex[:16]
         now = time.time()
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO batches (model, mode, job_id, source, created_at) VALUES (?, ?, ?, ?, ?)",
-                (model, mode, job_id, source, now),
-            )
-            batch_id = cur.lastrowid
-            db.executemany(
-                "INSERT INTO examples (batch_id, text, label) VALUES (?, ?, ?)",
-                [(batch_id, t, label) for t, label in examples],
-            )
-            db.execute(
-                "INSERT INTO jobs (id, model, state, request, batch_id, pid, created_at, source) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (job_id, model, json.dumps(request), batch_id, owner_pid, now, source),
+            batch_id = self._add_batch(db, model, examples, mode, source, job_id, now)
+            self._insert_job(
+                db,
+                id=job_id,
+                model=model,
+                request=request,
+                batch_id=batch_id,
+                pid=owner_pid,
+                created_at=now,
+                source=source,
             )
         job = self.get_job(job_id)
         assert job is not None
@@ -274,20 +334,6 @@ class Store:
         with self._tx() as db:
             return self._add_batch(db, model, examples, mode, source)
 
-    @staticmethod
-    def _add_batch(db: sqlite3.Connection, model: str, examples, mode: str, source: str) -> int:
-        cur = db.execute(
-            "INSERT INTO batches (model, mode, job_id, source, created_at) VALUES (?, ?, NULL, ?, ?)",
-            (model, mode, source, time.time()),
-        )
-        batch_id = cur.lastrowid
-        assert batch_id is not None
-        db.executemany(
-            "INSERT INTO examples (batch_id, text, label, prediction_id) VALUES (?, ?, ?, ?)",
-            [(batch_id, e[0], e[1], e[2] if len(e) > 2 else None) for e in examples],
-        )
-        return batch_id
-
     def add_feedback(
         self, model: str, examples: Sequence[tuple[str, str, str | None]]
     ) -> tuple[int, int]:
@@ -299,56 +345,63 @@ class Store:
         return batch_id, pending
 
     @staticmethod
-    def _pending(db: sqlite3.Connection, model: str) -> int:
+    def _pending(db: sa.Connection, model: str) -> int:
         """Feedback examples newer than the data of the last job that succeeded."""
         consumed = db.execute(
-            "SELECT COALESCE(MAX(batch_id), 0) FROM jobs WHERE model=? AND state='succeeded'",
-            (model,),
-        ).fetchone()[0]
+            _q("SELECT COALESCE(MAX(batch_id), 0) FROM jobs WHERE model=:m AND state='succeeded'"),
+            {"m": model},
+        ).scalar_one()
         return int(
             db.execute(
-                "SELECT COUNT(*) FROM examples e JOIN batches b ON e.batch_id=b.id "
-                "WHERE b.model=? AND b.source='feedback' AND b.id>?",
-                (model, consumed),
-            ).fetchone()[0]
+                _q(
+                    "SELECT COUNT(*) FROM examples e JOIN batches b ON e.batch_id=b.id "
+                    "WHERE b.model=:m AND b.source='feedback' AND b.id>:c"
+                ),
+                {"m": model, "c": consumed},
+            ).scalar_one()
         )
 
     def trigger_state(self, model: str) -> dict[str, Any]:
         """What the triggers look at; all of it derived from durable rows, so it survives
-        restarts."""
-        with closing(self._connect()) as db:
+        restarts and is the same on every replica."""
+        with self._read() as db:
             return self._trigger_state(db, model)
 
-    def _trigger_state(self, db: sqlite3.Connection, model: str) -> dict[str, Any]:
+    def _trigger_state(self, db: sa.Connection, model: str) -> dict[str, Any]:
+        m = {"m": model}
         last_success = db.execute(
-            "SELECT MAX(finished_at) FROM jobs WHERE model=? AND state='succeeded'", (model,)
-        ).fetchone()[0]
+            _q("SELECT MAX(finished_at) FROM jobs WHERE model=:m AND state='succeeded'"), m
+        ).scalar_one()
         failures, last_failure = 0, None
-        for row in db.execute(
-            "SELECT state, finished_at FROM jobs WHERE model=? AND source='trigger' "
-            "AND state NOT IN ('queued', 'running') ORDER BY created_at DESC, rowid DESC",
-            (model,),
+        for state, finished_at in db.execute(
+            _q(
+                "SELECT state, finished_at FROM jobs WHERE model=:m AND source='trigger' "
+                "AND state NOT IN ('queued', 'running') ORDER BY created_at DESC, id DESC"
+            ),
+            m,
         ):
-            if row["state"] == "succeeded":
+            if state == "succeeded":
                 break
             failures += 1
-            last_failure = last_failure or row["finished_at"]
+            last_failure = last_failure or finished_at
         first_pending = db.execute(
-            "SELECT MIN(b.created_at) FROM batches b WHERE b.model=? AND b.source='feedback' "
-            "AND b.id > (SELECT COALESCE(MAX(batch_id), 0) FROM jobs WHERE model=? AND state='succeeded')",
-            (model, model),
-        ).fetchone()[0]
+            _q(
+                "SELECT MIN(b.created_at) FROM batches b WHERE b.model=:m AND b.source='feedback' "
+                "AND b.id > (SELECT COALESCE(MAX(batch_id), 0) FROM jobs WHERE model=:m"
+                " AND state='succeeded')"
+            ),
+            m,
+        ).scalar_one()
         active = db.execute(
-            "SELECT id FROM jobs WHERE model=? AND state IN ('queued', 'running') LIMIT 1",
-            (model,),
-        ).fetchone()
+            _q("SELECT id FROM jobs WHERE model=:m AND state IN ('queued', 'running') LIMIT 1"), m
+        ).scalar()
         return {
             "pending": self._pending(db, model),
             "first_pending_at": first_pending,
             "last_success_at": last_success,
             "consecutive_failures": failures,
             "last_failure_at": last_failure,
-            "active_job": active[0] if active else None,
+            "active_job": active,
         }
 
     def maybe_trigger(
@@ -360,20 +413,18 @@ class Store:
         now: float | None = None,
         owner_pid: int | None = None,
     ) -> Job | None:
-        """Queue an automatic retrain when a trigger fires; atomic, so concurrent callers
-        (every inference worker polls) never start two jobs for one model."""
+        """Queue an automatic retrain when a trigger fires; atomic (the model's row is locked),
+        so concurrent callers — every worker of every replica polls — start one job."""
         now = time.time() if now is None else now
         with self._tx() as db:
+            self._lock_model(db, model)
             state = self._trigger_state(db, model)
             fired = trigger_cause(policy, state, drift, now)
             if fired is None:
                 return None
             kind, cause = fired
             job_id = uuid.uuid4().hex[:16]
-            cur = db.execute(
-                "INSERT INTO batches (model, mode, job_id, source, created_at) VALUES (?, 'append', ?, 'trigger', ?)",
-                (model, job_id, now),
-            )
+            batch_id = self._add_batch(db, model, [], "append", "trigger", job_id, now)
             request = {
                 "strategy": "auto",
                 "mode": "append",
@@ -382,120 +433,161 @@ class Store:
                 "cause": cause,
                 "pending": state["pending"],
             }
-            db.execute(
-                "INSERT INTO jobs (id, model, state, request, batch_id, pid, created_at, source) "
-                "VALUES (?, ?, 'queued', ?, ?, ?, ?, 'trigger')",
-                (job_id, model, json.dumps(request), cur.lastrowid, owner_pid, now),
+            self._insert_job(
+                db,
+                id=job_id,
+                model=model,
+                request=request,
+                batch_id=batch_id,
+                pid=owner_pid,
+                created_at=now,
+                source="trigger",
             )
         return self.get_job(job_id)
 
     # -- live traffic: drift statistics and low-confidence inputs ----------------------------
     def add_traffic(self, model: str, counts: dict[tuple[str, str], tuple[int, float]]) -> None:
         """Add `{(version, label): (count, confidence_sum)}` from one worker."""
+        if not counts:
+            return
         with self._tx() as db:
-            db.executemany(
-                "INSERT INTO traffic (model, version, label, count, confidence_sum) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (model, version, label) DO UPDATE SET count=count+excluded.count, "
-                "confidence_sum=confidence_sum+excluded.confidence_sum",
-                [(model, v, label, n, c) for (v, label), (n, c) in counts.items()],
+            db.execute(
+                _q(
+                    "INSERT INTO traffic (model, version, label, count, confidence_sum) "
+                    "VALUES (:m, :v, :l, :n, :c) ON CONFLICT (model, version, label) DO UPDATE "
+                    "SET count=traffic.count+excluded.count, "
+                    "confidence_sum=traffic.confidence_sum+excluded.confidence_sum"
+                ),
+                [
+                    {"m": model, "v": v, "l": label, "n": n, "c": c}
+                    for (v, label), (n, c) in counts.items()
+                ],
             )
 
     def traffic(self, model: str, version: str) -> tuple[dict[str, int], float]:
-        with closing(self._connect()) as db:
+        with self._read() as db:
             rows = db.execute(
-                "SELECT label, count, confidence_sum FROM traffic WHERE model=? AND version=?",
-                (model, version),
-            ).fetchall()
-        return {r["label"]: r["count"] for r in rows}, float(sum(r["confidence_sum"] for r in rows))
+                _q(
+                    "SELECT label, count, confidence_sum FROM traffic WHERE model=:m AND version=:v"
+                ),
+                {"m": model, "v": version},
+            ).all()
+        return {r[0]: int(r[1]) for r in rows}, float(sum(r[2] for r in rows))
 
     def add_uncertain(
         self, model: str, rows: Sequence[tuple[str, str, float, str, float]], *, keep_text: bool
     ) -> None:
         """`(version, label, score, text, created_at)` rows; the text itself only with
         `keep_text` (an operator's choice), its sha256 always. Keeps the newest rows."""
+        if not rows:
+            return
         with self._tx() as db:
-            db.executemany(
-                "INSERT INTO uncertain (model, version, label, score, text_sha256, text, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            db.execute(
+                _q(
+                    "INSERT INTO uncertain (model, version, label, score, text_sha256, text,"
+                    " created_at) VALUES (:m, :v, :l, :s, :h, :t, :at)"
+                ),
                 [
-                    (
-                        model,
-                        v,
-                        label,
-                        score,
-                        hashlib.sha256(text.encode()).hexdigest(),
-                        text if keep_text else None,
-                        at,
-                    )
+                    {
+                        "m": model,
+                        "v": v,
+                        "l": label,
+                        "s": score,
+                        "h": hashlib.sha256(text.encode()).hexdigest(),
+                        "t": text if keep_text else None,
+                        "at": at,
+                    }
                     for v, label, score, text, at in rows
                 ],
             )
             db.execute(
-                "DELETE FROM uncertain WHERE model=? AND id <= "
-                "(SELECT COALESCE(MAX(id), 0) FROM uncertain WHERE model=?) - ?",
-                (model, model, UNCERTAIN_KEPT),
+                _q(
+                    "DELETE FROM uncertain WHERE model=:m AND id <= "
+                    "(SELECT COALESCE(MAX(id), 0) FROM uncertain WHERE model=:m) - :keep"
+                ),
+                {"m": model, "keep": UNCERTAIN_KEPT},
             )
 
     def uncertain(self, model: str, limit: int) -> list[dict[str, Any]]:
-        with closing(self._connect()) as db:
+        with self._read() as db:
             rows = db.execute(
-                "SELECT version, label, score, text_sha256, text, created_at FROM uncertain "
-                "WHERE model=? ORDER BY id DESC LIMIT ?",
-                (model, limit),
-            ).fetchall()
-        return [dict(r) for r in rows]
+                _q(
+                    "SELECT version, label, score, text_sha256, text, created_at FROM uncertain "
+                    "WHERE model=:m ORDER BY id DESC LIMIT :n"
+                ),
+                {"m": model, "n": limit},
+            ).mappings()
+            return [dict(r) for r in rows]
 
     def retry_job(self, job: Job, *, owner_pid: int | None = None) -> Job:
         """A new queued job with the same request on the same data as `job` (no new batch)."""
         new_id = uuid.uuid4().hex[:16]
-        request = {**job.request, "retry_of": job.id}
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO jobs (id, model, state, request, batch_id, pid, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                (new_id, job.model, json.dumps(request), job.batch_id, owner_pid, time.time()),
+            self._insert_job(
+                db,
+                id=new_id,
+                model=job.model,
+                request={**job.request, "retry_of": job.id},
+                batch_id=job.batch_id,
+                pid=owner_pid,
+                created_at=time.time(),
             )
         retried = self.get_job(new_id)
         assert retried is not None
         return retried
 
     def get_job(self, job_id: str) -> Job | None:
-        with closing(self._connect()) as db:
-            row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return _job(row) if row else None
+        with self._read() as db:
+            row = db.execute(_q("SELECT * FROM jobs WHERE id=:id"), {"id": job_id}).mappings()
+            first = row.first()
+        return _job(first) if first else None
 
     def list_jobs(self, model: str | None = None, limit: int = 50) -> list[Job]:
-        with closing(self._connect()) as db:
+        with self._read() as db:
             if model is None:
-                rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+                rows = db.execute(
+                    _q("SELECT * FROM jobs ORDER BY created_at DESC, id DESC LIMIT :n"),
+                    {"n": limit},
+                )
             else:
                 rows = db.execute(
-                    "SELECT * FROM jobs WHERE model=? ORDER BY created_at DESC LIMIT ?",
-                    (model, limit),
+                    _q(
+                        "SELECT * FROM jobs WHERE model=:m ORDER BY created_at DESC, id DESC"
+                        " LIMIT :n"
+                    ),
+                    {"m": model, "n": limit},
                 )
-            return [_job(r) for r in rows.fetchall()]
+            return [_job(r) for r in rows.mappings()]
 
     def next_in_line(self, model: str) -> str | None:
         """The oldest active job of a model: jobs run one at a time, in submit order."""
-        with closing(self._connect()) as db:
-            row = db.execute(
-                "SELECT id FROM jobs WHERE model=? AND state IN ('queued', 'running') "
-                "ORDER BY created_at, rowid LIMIT 1",
-                (model,),
-            ).fetchone()
-        return row[0] if row else None
+        with self._read() as db:
+            return db.execute(
+                _q(
+                    "SELECT id FROM jobs WHERE model=:m AND state IN ('queued', 'running') "
+                    "ORDER BY created_at, id LIMIT 1"
+                ),
+                {"m": model},
+            ).scalar()
 
     def mark_running(self, job_id: str, pid: int) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET state='running', pid=?, started_at=?, phase='validating' WHERE id=? AND state='queued'",
-                (pid, time.time(), job_id),
+                _q(
+                    "UPDATE jobs SET state='running', pid=:pid, started_at=:now, phase='validating' "
+                    "WHERE id=:id AND state='queued'"
+                ),
+                {"pid": pid, "now": time.time(), "id": job_id},
             )
 
     def set_progress(self, job_id: str, phase: str, fraction: float, message: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET phase=?, fraction=?, message=? WHERE id=? AND state='running'",
-                (phase, fraction, message, job_id),
+                _q(
+                    "UPDATE jobs SET phase=:p, fraction=:f, message=:msg "
+                    "WHERE id=:id AND state='running'"
+                ),
+                {"p": phase, "f": fraction, "msg": message, "id": job_id},
             )
 
     def finish(
@@ -505,64 +597,274 @@ class Store:
         *,
         result: dict[str, Any] | None = None,
         error: str | None = None,
-    ) -> None:
+        worker: str | None = None,
+    ) -> bool:
+        """Record a final state; with `worker`, only while that worker still holds the job.
+        False when the job was already final (or another worker holds it)."""
         if state not in FINAL_STATES:
             raise ValueError(f"state must be one of {FINAL_STATES}, got {state!r}")
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET state=?, result=?, error=?, finished_at=?, "
-                "phase=CASE WHEN ?='succeeded' THEN 'done' ELSE phase END, "
-                "fraction=CASE WHEN ?='succeeded' THEN 1.0 ELSE fraction END "
-                "WHERE id=? AND state IN ('queued', 'running')",
-                (
-                    state,
-                    json.dumps(result) if result is not None else None,
-                    error,
-                    time.time(),
-                    state,
-                    state,
-                    job_id,
+            cur = db.execute(
+                _q(
+                    "UPDATE jobs SET state=:s, result=:r, error=:e, finished_at=:now, "
+                    "phase=CASE WHEN :s='succeeded' THEN 'done' ELSE phase END, "
+                    "fraction=CASE WHEN :s='succeeded' THEN 1.0 ELSE fraction END "
+                    "WHERE id=:id AND state IN ('queued', 'running')"
+                    + (" AND worker=:w" if worker is not None else "")
                 ),
+                {
+                    "s": state,
+                    "r": json.dumps(result) if result is not None else None,
+                    "e": error,
+                    "now": time.time(),
+                    "id": job_id,
+                    "w": worker,
+                },
             )
+            return cur.rowcount == 1
 
     def request_cancel(self, job_id: str) -> bool:
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE jobs SET cancel_requested=1 WHERE id=? AND state IN ('queued', 'running')",
-                (job_id,),
+                _q(
+                    "UPDATE jobs SET cancel_requested=1 WHERE id=:id AND state IN ('queued', 'running')"
+                ),
+                {"id": job_id},
             )
             return cur.rowcount == 1
 
     def cancel_requested(self, job_id: str) -> bool:
-        with closing(self._connect()) as db:
-            row = db.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return bool(row and row[0])
+        with self._read() as db:
+            return bool(
+                db.execute(
+                    _q("SELECT cancel_requested FROM jobs WHERE id=:id"), {"id": job_id}
+                ).scalar()
+            )
 
     def reconcile(self, *, owner_alive=pid_alive) -> list[str]:
-        """Mark active jobs whose owner died as interrupted.
+        """Mark active jobs of the embedded trainer whose owner died as interrupted.
 
         The owner is the worker that queued the job until the trainer starts, then the
-        trainer process; after a restart no old owner is alive.
+        trainer process; after a restart no old owner is alive. Jobs held by a `refit worker`
+        are left to `reap` (their pids belong to other hosts).
         """
         interrupted = []
         with self._tx() as db:
             rows = db.execute(
-                "SELECT id, state, pid FROM jobs WHERE state IN ('queued', 'running')"
-            ).fetchall()
-            for row in rows:
-                if owner_alive(row["pid"]):
+                _q(
+                    "SELECT id, pid FROM jobs WHERE state IN ('queued', 'running') AND worker IS NULL"
+                )
+            ).all()
+            for job_id, pid in rows:
+                if owner_alive(pid):
                     continue
                 db.execute(
-                    "UPDATE jobs SET state='interrupted', finished_at=?, error=? WHERE id=?",
-                    (
-                        time.time(),
-                        "the service stopped before this job finished; nothing was published;"
-                        f" retry it with POST /jobs/{row['id']}/retry",
-                        row["id"],
+                    _q(
+                        "UPDATE jobs SET state='interrupted', finished_at=:now, error=:e WHERE id=:id"
                     ),
+                    {
+                        "now": time.time(),
+                        "e": "the service stopped before this job finished; nothing was published;"
+                        f" retry it with POST /jobs/{job_id}/retry",
+                        "id": job_id,
+                    },
                 )
-                interrupted.append(row["id"])
+                interrupted.append(job_id)
         return interrupted
+
+    # -- trainer workers (REFIT_TRAINER=external) -------------------------------------------
+    def claim_job(self, worker: str) -> Job | None:
+        """Claim the oldest queued job whose model has no older active job (one running job
+        per model across the fleet, in submit order). PostgreSQL: `FOR UPDATE SKIP LOCKED`,
+        so workers never wait on each other; SQLite: the write lock serialises them."""
+        j = _jobs.alias("j")
+        o = _jobs.alias("o")
+        older = (
+            sa.select(sa.literal(1))
+            .select_from(o)
+            .where(
+                o.c.model == j.c.model,
+                o.c.state.in_(ACTIVE_STATES),
+                sa.or_(
+                    o.c.created_at < j.c.created_at,
+                    sa.and_(o.c.created_at == j.c.created_at, o.c.id < j.c.id),
+                ),
+            )
+        )
+        query = (
+            sa.select(j.c.id)
+            .where(j.c.state == "queued", ~older.exists())
+            .order_by(j.c.created_at, j.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=j)
+        )
+        now = time.time()
+        with self._tx() as db:
+            job_id = db.execute(query).scalar()
+            if job_id is None:
+                return None
+            db.execute(
+                _q(
+                    "UPDATE jobs SET state='running', worker=:w, heartbeat_at=:now, started_at=:now,"
+                    " phase='validating', pid=NULL WHERE id=:id AND state='queued'"
+                ),
+                {"w": worker, "now": now, "id": job_id},
+            )
+        return self.get_job(job_id)
+
+    def heartbeat(self, job_id: str, worker: str, pid: int | None = None) -> bool:
+        """Renew a worker's hold on its job; False when it lost it (reaped, cancelled)."""
+        with self._tx() as db:
+            cur = db.execute(
+                _q(
+                    "UPDATE jobs SET heartbeat_at=:now, pid=COALESCE(:pid, pid) "
+                    "WHERE id=:id AND worker=:w AND state='running'"
+                ),
+                {"now": time.time(), "pid": pid, "id": job_id, "w": worker},
+            )
+            return cur.rowcount == 1
+
+    def holds(self, job_id: str, worker: str) -> bool:
+        """Whether `worker` still holds `job_id` and nobody asked to cancel it."""
+        with self._read() as db:
+            row = db.execute(
+                _q("SELECT state, worker, cancel_requested FROM jobs WHERE id=:id"),
+                {"id": job_id},
+            ).first()
+        return bool(row and row[0] == "running" and row[1] == worker and not row[2])
+
+    def reap(
+        self,
+        *,
+        timeout_s: float,
+        retries: int,
+        now: float | None = None,
+        job_id: str | None = None,
+    ) -> list[str]:
+        """Jobs whose worker stopped heartbeating become `interrupted`; each is queued again
+        (a new job in its place in line, `retry_of` set) while it has retries left."""
+        now = time.time() if now is None else now
+        reaped = []
+        with self._tx() as db:
+            stale = db.execute(
+                sa.select(sa.text("*"))
+                .select_from(_jobs)
+                .where(
+                    _jobs.c.state == "running",
+                    _jobs.c.worker.is_not(None),
+                    _jobs.c.heartbeat_at < now - timeout_s,
+                    *([_jobs.c.id == job_id] if job_id else []),
+                )
+                .with_for_update(skip_locked=True)
+            ).mappings()
+            for row in [_job(r) for r in stale]:
+                age = now - (row.heartbeat_at or now)
+                error = (
+                    f"worker {row.worker} stopped heartbeating {age:.0f} s ago during {row.phase};"
+                    " nothing was published"
+                )
+                retry = row.attempt <= retries and not row.cancel_requested
+                if retry:
+                    new_id = uuid.uuid4().hex[:16]
+                    error += f"; retried as job {new_id}"
+                else:
+                    error += f"; retry it with POST /jobs/{row.id}/retry"
+                db.execute(
+                    _q(
+                        "UPDATE jobs SET state='interrupted', finished_at=:now, error=:e "
+                        "WHERE id=:id AND state='running'"
+                    ),
+                    {"now": now, "e": error, "id": row.id},
+                )
+                if retry:
+                    self._insert_job(
+                        db,
+                        id=new_id,
+                        model=row.model,
+                        request={**row.request, "retry_of": row.id},
+                        batch_id=row.batch_id,
+                        created_at=row.created_at,  # keeps its place in line
+                        source=(row.request.get("trigger") and "trigger") or "http",
+                        attempt=row.attempt + 1,
+                    )
+                reaped.append(row.id)
+        return reaped
+
+    def worker_seen(self, worker: str, *, job_id: str | None, state: str) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                _q(
+                    "INSERT INTO workers (id, host, pid, started_at, heartbeat_at, job_id, state) "
+                    "VALUES (:id, :host, :pid, :now, :now, :job, :state) ON CONFLICT (id) DO UPDATE "
+                    "SET heartbeat_at=excluded.heartbeat_at, job_id=excluded.job_id,"
+                    " state=excluded.state"
+                ),
+                {
+                    "id": worker,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "now": now,
+                    "job": job_id,
+                    "state": state,
+                },
+            )
+
+    def workers(self) -> list[dict[str, Any]]:
+        with self._read() as db:
+            rows = db.execute(_q("SELECT * FROM workers ORDER BY started_at")).mappings()
+            return [dict(r) for r in rows]
+
+    # -- aliases: one source of truth, compare-and-set ----------------------------------------
+    def aliases(self, model: str) -> tuple[dict[str, str], int]:
+        """`({"production": V, "previous": V}, generation)`; generation 0: never set."""
+        with self._read() as db:
+            row = db.execute(
+                _q("SELECT production, previous, generation FROM aliases WHERE model=:m"),
+                {"m": model},
+            ).first()
+        if row is None:
+            return {}, 0
+        found = {"production": row[0], "previous": row[1]}
+        return {k: v for k, v in found.items() if v}, int(row[2])
+
+    def alias_generation(self, model: str) -> int:
+        with self._read() as db:
+            return int(
+                db.execute(
+                    _q("SELECT generation FROM aliases WHERE model=:m"), {"m": model}
+                ).scalar()
+                or 0
+            )
+
+    def set_aliases(self, model: str, expected: int, aliases: dict[str, str]) -> bool:
+        """Write `aliases` if the generation is still `expected`; False if another writer
+        moved them first (read again and retry)."""
+        values = {
+            "m": model,
+            "p": aliases.get("production"),
+            "v": aliases.get("previous"),
+            "g": expected,
+            "now": time.time(),
+        }
+        with self._tx() as db:
+            if expected == 0:
+                cur = db.execute(
+                    _q(
+                        "INSERT INTO aliases (model, production, previous, generation, updated_at) "
+                        "VALUES (:m, :p, :v, 1, :now) ON CONFLICT (model) DO NOTHING"
+                    ),
+                    values,
+                )
+            else:
+                cur = db.execute(
+                    _q(
+                        "UPDATE aliases SET production=:p, previous=:v, generation=generation+1,"
+                        " updated_at=:now WHERE model=:m AND generation=:g"
+                    ),
+                    values,
+                )
+            return cur.rowcount == 1
 
 
 def trigger_cause(

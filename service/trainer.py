@@ -9,17 +9,35 @@ the job interrupted.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
 
 from models import Metrics, Registry, RegistryError
 from service.settings import Settings
-from service.store import Store, StoreBusy
+from service.state import open_state
+from service.store import StoreUnavailable
 
 log = logging.getLogger("service.trainer")
+
+
+def die_with_parent() -> None:  # runs in the trainer child before exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def trainer_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(settings.trainer_threads),
+        "MKL_NUM_THREADS": str(settings.trainer_threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _metric_summary(m: Metrics | None) -> dict[str, Any] | None:
@@ -70,20 +88,42 @@ def gate(
     )
 
 
-def run_job(job_id: str, settings: Settings) -> int:
+def _finish_durably(store, job_id: str, state: str, *, worker: str | None, **kwargs: Any) -> None:
+    """A job's outcome must reach the store: retry through an outage of the database
+    (up to ~10 minutes) rather than lose a result that was already published."""
+    delay = 0.5
+    for _ in range(120):
+        try:
+            store.finish(job_id, state, worker=worker, **kwargs)
+            return
+        except StoreUnavailable as exc:
+            log.warning("job %s: result not recorded yet (%s); retrying", job_id, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise StoreUnavailable(f"job {job_id}: the store stayed unavailable; result lost")
+
+
+def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
+    """Run one job. With `worker`, the job was claimed by that `refit worker` (state
+    `running`), and the trainer stops — publishing nothing — as soon as the worker no longer
+    holds it (reaped after missed heartbeats, or cancelled)."""
     from training import Cancelled, DataError, PolicyThresholds, TrainConfig
     from training.pipeline import train
 
-    store = Store(settings.store_path, busy_timeout_s=settings.store_busy_timeout_s)
-    registry = Registry(settings.root)
+    store, registry = open_state(settings)
     job = store.get_job(job_id)
     if job is None:
         log.error("job %s not found", job_id)
         return 2
-    if job.cancel_requested or job.state != "queued":
+    if worker is not None:
+        if job.state != "running" or job.worker != worker:
+            log.error("job %s is %s, held by %s, not by %s", job_id, job.state, job.worker, worker)
+            return 2
+    elif job.cancel_requested or job.state != "queued":
         store.finish(job_id, "cancelled", error="cancelled before it started")
         return 0
-    store.mark_running(job_id, os.getpid())
+    else:
+        store.mark_running(job_id, os.getpid())
     request = job.request
     last: dict[str, Any] = {"t": 0.0, "phase": "", "cancel_t": 0.0, "cancel": False}
 
@@ -93,14 +133,22 @@ def run_job(job_id: str, settings: Settings) -> int:
             last["t"], last["phase"] = now, event.phase
             try:
                 store.set_progress(job_id, event.phase, event.fraction, event.message)
-            except StoreBusy as exc:  # progress is best effort; the result is not
+            except StoreUnavailable as exc:  # progress is best effort; the result is not
                 log.warning("job %s: progress not recorded: %s", job_id, exc)
 
     def cancel() -> bool:
         now = time.monotonic()
-        if now - last["cancel_t"] >= 1.0:
+        # checked afresh right before publishing: a job that lost its worker never publishes
+        if now - last["cancel_t"] >= 1.0 or last["phase"] == "publishing":
             last["cancel_t"] = now
-            last["cancel"] = store.cancel_requested(job_id)
+            try:
+                if worker is not None:
+                    last["cancel"] = not store.holds(job_id, worker)
+                else:
+                    last["cancel"] = store.cancel_requested(job_id)
+            except StoreUnavailable:
+                # cannot tell: go on training, but never publish without knowing
+                last["cancel"] = last["phase"] == "publishing"
         return bool(last["cancel"])
 
     try:
@@ -158,7 +206,7 @@ def run_job(job_id: str, settings: Settings) -> int:
             "promotion_reason": why,
             "timings": result.timings,
         }
-        store.finish(job_id, "succeeded", result=outcome)
+        _finish_durably(store, job_id, "succeeded", worker=worker, result=outcome)
         log.info(
             "job %s: %s/%s %s, promoted=%s (%s)",
             job_id,
@@ -170,16 +218,24 @@ def run_job(job_id: str, settings: Settings) -> int:
         )
         return 0
     except Cancelled:
-        store.finish(job_id, "cancelled", error="cancelled on request; nothing was published")
+        _finish_durably(
+            store,
+            job_id,
+            "cancelled",
+            worker=worker,
+            error="cancelled on request (or the worker lost the job); nothing was published",
+        )
         return 0
     except (DataError, ValueError) as exc:
-        store.finish(job_id, "failed", error=str(exc))
+        _finish_durably(store, job_id, "failed", worker=worker, error=str(exc))
         return 0
     except OSError as exc:  # a full disk, a read-only or vanished REFIT_HOME
         log.error("job %s failed: %s", job_id, exc)
-        store.finish(
+        _finish_durably(
+            store,
             job_id,
             "failed",
+            worker=worker,
             error=f"storage error, nothing was published: {exc.strerror or exc}"
             f" ({exc.filename or settings.root}); free space or fix permissions under"
             " REFIT_HOME, then retry the job",
@@ -187,19 +243,23 @@ def run_job(job_id: str, settings: Settings) -> int:
         return 1
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        store.finish(
-            job_id, "failed", error=f"internal error ({type(exc).__name__}); see the service log"
+        _finish_durably(
+            store,
+            job_id,
+            "failed",
+            worker=worker,
+            error=f"internal error ({type(exc).__name__}); see the service log",
         )
         return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.stderr.write("usage: python -m service.trainer JOB_ID\n")
+    if len(argv) not in (1, 2):
+        sys.stderr.write("usage: python -m service.trainer JOB_ID [WORKER_ID]\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s trainer: %(message)s")
-    return run_job(argv[0], Settings())
+    return run_job(argv[0], Settings(), argv[1] if len(argv) == 2 else None)
 
 
 if __name__ == "__main__":

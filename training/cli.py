@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,27 @@ class _ProgressBar:
             self.bar.close()
 
 
+def _settings(args: argparse.Namespace):
+    """The service's settings (REFIT_* variables), with the command line's overrides: the
+    CLI works on the same store and registry as the service."""
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if args.home:
+        overrides["home"] = Path(args.home)
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    if args.registry_url:
+        overrides["registry_url"] = args.registry_url
+    return Settings(**overrides)
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    from service.state import open_state
+
+    return open_state(_settings(args))[1]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from training.config import TrainConfig
     from training.data import DataError, load_dataset
@@ -81,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from training.pipeline import train
 
-    registry = Registry(args.home)
+    registry = _registry(args)
     bar = _ProgressBar(enabled=not args.no_progress and sys.stderr.isatty() or args.progress)
     started = time.perf_counter()
     try:
@@ -183,7 +205,7 @@ def _verify(registry: Registry, args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    registry = Registry(args.home)
+    registry = _registry(args)
     try:
         if args.action == "list":
             names = [args.name] if args.name else registry.list_models()
@@ -238,14 +260,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """Jobs from the service's store (`<home>/refit.sqlite`); works with the service down."""
-    from service.store import Store
+    from service.state import open_store
 
-    home = Path(args.home) if args.home else Registry().root
-    path = home / "refit.sqlite"
-    if not path.is_file():
-        _err(f"no job store at {path}; start the service (make serve) or pass --home")
+    settings = _settings(args)
+    if settings.database_url is None and not settings.store_path.is_file():
+        _err(
+            f"no job store at {settings.store_path}; start the service (make serve),"
+            " pass --home or --database-url"
+        )
         return EXIT_BAD_INPUT
-    store = Store(path)
+    store = open_store(settings)
     if args.job_id:
         job = store.get_job(args.job_id)
         if job is None:
@@ -273,6 +297,35 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    """Schema migrations of the store (run by every service start too)."""
+    from service.database import current_revision, head_revision, upgrade
+    from service.state import open_store
+
+    store = open_store(_settings(args), migrate=False)
+    if args.action == "current":
+        current = current_revision(store.engine)
+        _out(f"{store.name}: revision {current or 'none'} (latest {head_revision()})")
+        return 0 if current == head_revision() else 1
+    before, after = upgrade(store.engine)
+    _out(f"{store.name}: {before or 'empty'} -> {after}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.worker import main as worker_main
+
+    settings = _settings(args)
+    for key, value in (
+        ("REFIT_HOME", str(settings.home)),
+        ("REFIT_DATABASE_URL", settings.database_url),
+        ("REFIT_REGISTRY_URL", settings.registry_url),
+    ):
+        if value:  # the trainer processes read the same settings
+            os.environ[key] = value
+    return worker_main()
+
+
 def cmd_backbone(args: argparse.Namespace) -> int:
     from training.backbone import BackboneError, export_fp16
 
@@ -290,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refit", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--home", default=None, help="registry root (default: $REFIT_HOME or ./.refit)"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="the service's store (default: $REFIT_DATABASE_URL or <home>/refit.sqlite)",
+    )
+    parser.add_argument(
+        "--registry-url",
+        default=None,
+        help="the model registry: a folder or s3://BUCKET/PREFIX (default: $REFIT_REGISTRY_URL or <home>)",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log progress details to stderr"
@@ -343,6 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--json", action="store_true")
     j.set_defaults(func=cmd_jobs)
 
+    d = sub.add_parser("db", help="store schema: upgrade to the latest revision, or show it")
+    d.add_argument("action", choices=["upgrade", "current"])
+    d.set_defaults(func=cmd_db)
+
+    w = sub.add_parser(
+        "worker", help="claim and run retrain jobs from the shared store (REFIT_TRAINER=external)"
+    )
+    w.set_defaults(func=cmd_worker)
+
     b = sub.add_parser("backbone", help="backbone utilities")
     b.add_argument("action", choices=["export-fp16"])
     b.add_argument("out_dir", help="folder to write (fp16 safetensors + tokenizer)")
@@ -362,8 +434,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models" and args.action != "list" and not args.name:
         _err(f"`refit models {args.action}` needs a model name")
         return EXIT_BAD_INPUT
+    from pydantic import ValidationError
+
+    from service.store import StoreUnavailable
+
     try:
         return int(args.func(args))
+    except ValidationError as exc:
+        _err(f"invalid settings:\n{exc}")
+        return EXIT_BAD_INPUT
+    except StoreUnavailable as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         _err("interrupted; nothing was published")
         return 130

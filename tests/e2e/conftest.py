@@ -162,6 +162,9 @@ def db_state(server: Server) -> tuple[int, int, list[str], str]:
     try:
         examples = db.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
         jobs = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        aliases = db.execute(
+            "SELECT production, previous, generation FROM aliases WHERE model='default'"
+        ).fetchone()
     finally:
         db.close()
     folder = server.home / "default"
@@ -169,5 +172,18 @@ def db_state(server: Server) -> tuple[int, int, list[str], str]:
         examples,
         jobs,
         sorted(p.name for p in folder.iterdir() if p.name.startswith("v")),
-        (folder / "aliases.json").read_text(),
+        repr(aliases),
     )
+
+
+def set_aliases_by_hand(server: Server, production: str, previous: str | None = None) -> None:
+    """What an operator editing the store directly (or restoring a backup) does."""
+    db = sqlite3.connect(server.home / "refit.sqlite", isolation_level=None)
+    try:
+        db.execute(
+            "UPDATE aliases SET production=?, previous=?, generation=generation+1 "
+            "WHERE model='default'",
+            (production, previous),
+        )
+    finally:
+        db.close()

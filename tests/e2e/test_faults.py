@@ -8,7 +8,6 @@ and sleeps, and the test SIGKILLs it there.
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import subprocess
@@ -22,7 +21,15 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, banking77_slice, read_banking77
-from tests.e2e.conftest import Server, db_state, make_server, production, submit, wait_job
+from tests.e2e.conftest import (
+    Server,
+    db_state,
+    make_server,
+    production,
+    set_aliases_by_hand,
+    submit,
+    wait_job,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -182,10 +189,9 @@ def test_corrupt_version_is_refused_and_the_last_good_keeps_serving(fault_server
         # Promotion checks the hashes first.
         r = c.post("/models/promote", json={"version": candidate})
         assert r.status_code == 409 and "model.onnx: sha256" in r.json()["error"]
-        # An alias file pointing at it anyway (hand-edited, restored from backup): the
+        # Aliases pointing at it anyway (hand-edited, restored from backup): the
         # workers refuse to load it and keep serving the last good version.
-        aliases = folder / "aliases.json"
-        aliases.write_text(json.dumps({"production": candidate, "previous": good}))
+        set_aliases_by_hand(fault_server, candidate, good)
         deadline = time.monotonic() + 30
         while True:
             listing = c.get("/models").json()
@@ -216,7 +222,7 @@ def test_corrupt_version_is_refused_and_the_last_good_keeps_serving(fault_server
         assert cli.returncode == 2
         assert f"default {candidate}: CORRUPT: " in cli.stdout
         assert f"default {good}: ok" in cli.stdout
-        aliases.write_text(json.dumps({"production": good}))
+        set_aliases_by_hand(fault_server, good)
 
 
 def test_a_locked_job_store_gives_a_clear_503_and_stores_nothing(fault_server: Server) -> None:

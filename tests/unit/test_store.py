@@ -4,6 +4,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import exc as sa_exc
 
 from service.store import Store, StoreBusy
 
@@ -47,7 +48,7 @@ def test_jobs_run_in_submit_order_one_at_a_time(store: Store) -> None:
 
 
 def test_failed_insert_stores_neither_examples_nor_job(store: Store) -> None:
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(sa_exc.IntegrityError):
         store.create_job("m", {}, [("a", "x"), (None, "y")], mode="append", source="t")  # type: ignore[list-item]
     assert store.example_count() == 0
     assert store.list_jobs() == []

@@ -1,0 +1,254 @@
+"""The store and the registry behave the same on every backend: SQLite and PostgreSQL, a
+folder and S3 (real servers from conftest); migrations upgrade an old home in place."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from models import CorruptVersionError, Registry, VersionNotFoundError
+from models._s3 import S3Storage
+from service.database import current_revision, head_revision
+from service.settings import Settings
+from service.state import DbAliases, open_state
+from service.store import RetrainPolicy, Store, StoreUnavailable
+from tests.conftest import REPO
+from tests.unit.test_registry import make_metadata
+
+FIXTURE_HOME = REPO / "tests" / "fixtures" / "home-v0.1"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'refit.sqlite'}"
+    return request.getfixturevalue("postgres").new_database()
+
+
+def publish(registry: Registry, name: str = "m", payload: bytes = b"onnx") -> str:
+    staging = registry.stage(name)
+    (staging.path / "model.onnx").write_bytes(payload)
+    (staging.path / "tokenizer.json").write_text("{}")
+    return registry.publish(staging, make_metadata(name, staging.version)).version
+
+
+# -- store ---------------------------------------------------------------------------------
+def test_an_empty_database_is_migrated_on_open_and_by_refit_db_upgrade(postgres, tmp_path) -> None:
+    url = postgres.new_database()
+    cli = [sys.executable, "-m", "training.cli", "--database-url", url, "--home", str(tmp_path)]
+    current = subprocess.run([*cli, "db", "current"], capture_output=True, text=True, cwd=REPO)
+    assert current.returncode == 1 and "revision none" in current.stdout
+    upgraded = subprocess.run([*cli, "db", "upgrade"], capture_output=True, text=True, cwd=REPO)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"empty -> {head_revision()}" in upgraded.stdout
+    again = subprocess.run([*cli, "db", "upgrade"], capture_output=True, text=True, cwd=REPO)
+    assert f"{head_revision()} -> {head_revision()}" in again.stdout
+    fresh = postgres.new_database()
+    store = Store(fresh)  # a service's first start
+    assert current_revision(store.engine) == head_revision()
+    assert store.list_jobs() == []
+
+
+def test_a_home_from_the_previous_release_upgrades_in_place(tmp_path) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(FIXTURE_HOME, home)
+    old = sqlite3.connect(home / "refit.sqlite")
+    before = {
+        t: old.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+        for t in ("batches", "examples", "jobs", "traffic", "uncertain")
+    }
+    old.close()
+    old_aliases = json.loads((home / "default" / "aliases.json").read_text())
+
+    store, registry = open_state(Settings(home=home))
+
+    assert current_revision(store.engine) == head_revision()
+    db = sqlite3.connect(home / "refit.sqlite")
+    for table, rows in before.items():
+        columns = len(rows[0]) if rows else 0
+        after = [r[:columns] for r in db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()]
+        assert after == rows, table  # nothing lost, nothing changed
+    db.close()
+    assert registry.aliases("default") == old_aliases
+    assert not (home / "default" / "aliases.json").exists()
+    assert (home / "default" / "aliases.json.imported").exists()
+    assert registry.list_versions("default") == sorted(old_aliases.values())
+    jobs = {j.state for j in store.list_jobs()}
+    assert jobs == {"succeeded", "failed"}
+    assert store.trigger_state("default")["pending"] == 2  # the feedback survived
+    assert store.traffic("default", old_aliases["production"])[0] == {"a": 7, "b": 3}
+    # and it works on: a rollback moves the imported aliases
+    assert registry.rollback("default")["production"] == old_aliases["previous"]
+
+
+def test_claims_are_one_per_model_in_submit_order(db_url) -> None:
+    store = Store(db_url)
+    a1 = store.create_job("a", {}, [("x", "1")], mode="append", source="http")
+    a2 = store.create_job("a", {}, [("y", "1")], mode="append", source="http")
+    b1 = store.create_job("b", {}, [("z", "1")], mode="append", source="http")
+    first = store.claim_job("w1")
+    second = store.claim_job("w2")
+    assert (first.id, second.id) == (a1.id, b1.id)  # a2 waits for a1
+    assert store.claim_job("w3") is None
+    assert first.state == "running" and first.worker == "w1"
+    assert store.finish(a1.id, "succeeded", result={}, worker="w1")
+    assert store.claim_job("w3").id == a2.id
+
+
+def test_a_silent_worker_is_reaped_and_its_job_retried_once(db_url) -> None:
+    store = Store(db_url)
+    job = store.create_job("a", {"strategy": "auto"}, [("x", "1")], mode="append", source="http")
+    assert store.claim_job("w1").id == job.id
+    assert store.heartbeat(job.id, "w1")
+    assert store.reap(timeout_s=30, retries=1) == []  # fresh heartbeat
+    assert store.reap(timeout_s=30, retries=1, now=time.time() + 60) == [job.id]
+    old = store.get_job(job.id)
+    assert old.state == "interrupted" and "stopped heartbeating" in old.error
+    assert not store.heartbeat(job.id, "w1")  # the old worker lost it
+    assert not store.finish(job.id, "succeeded", result={}, worker="w1")  # cannot publish
+    retry = store.claim_job("w2")
+    assert retry.request["retry_of"] == job.id and retry.attempt == 2
+    assert retry.created_at == job.created_at  # keeps its place in line
+    assert store.reap(timeout_s=30, retries=1, now=time.time() + 60) == [retry.id]
+    assert store.claim_job("w3") is None  # retried once, not forever
+    assert "retry it with POST" in store.get_job(retry.id).error
+
+
+def _claim_many(url: str, worker: str, out) -> None:
+    store = Store(url, migrate=False)
+    got = []
+    while (job := store.claim_job(worker)) is not None:
+        got.append(job.id)
+        store.finish(job.id, "succeeded", result={}, worker=worker)
+    out.put(got)
+
+
+def test_concurrent_workers_never_claim_a_job_twice(db_url) -> None:
+    store = Store(db_url)
+    ids = {
+        store.create_job(f"m{i % 5}", {}, [("x", "1")], mode="append", source="http").id
+        for i in range(40)
+    }
+    out = multiprocessing.get_context("spawn").Queue()
+    procs = [
+        multiprocessing.get_context("spawn").Process(
+            target=_claim_many, args=(db_url, f"w{i}", out)
+        )
+        for i in range(4)
+    ]
+    for p in procs:
+        p.start()
+    claimed = [job for _ in procs for job in out.get(timeout=120)]
+    for p in procs:
+        p.join(30)
+    assert sorted(claimed) == sorted(ids)  # every job once, none twice
+
+
+def _trigger(url: str, n: int, out) -> None:
+    store = Store(url, migrate=False)
+    policy = RetrainPolicy(min_pending=10)
+    fired = [store.maybe_trigger("m", policy) is not None for _ in range(n)]
+    out.put(sum(fired))
+
+
+def test_one_trigger_starts_one_job_across_processes(db_url) -> None:
+    store = Store(db_url)
+    store.add_feedback("m", [(f"text {i}", "a", None) for i in range(10)])
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_trigger, args=(db_url, 5, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    assert sum(out.get(timeout=120) for _ in procs) == 1
+    for p in procs:
+        p.join(30)
+    assert len(store.list_jobs("m")) == 1
+
+
+def test_concurrent_promotions_never_interleave(db_url, tmp_path) -> None:
+    store = Store(db_url)
+    registry = Registry(tmp_path / "reg", aliases=DbAliases(store))
+    versions = [publish(registry) for _ in range(8)]
+    registry.promote("m", versions[0])
+    errors: list[BaseException] = []
+
+    def promote(v: str) -> None:
+        try:
+            Registry(tmp_path / "reg", aliases=DbAliases(Store(db_url, migrate=False))).promote(
+                "m", v
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in versions[1:]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    aliases, generation = store.aliases("m")
+    assert generation == 8  # 1 + 7 promotions, each applied on its own
+    assert aliases["production"] in versions[1:] and aliases["previous"] in versions
+    assert aliases["production"] != aliases["previous"]
+
+
+def test_a_stopped_database_gives_store_unavailable_then_recovers(postgres) -> None:
+    store = Store(postgres.new_database())
+    store.add_examples("m", [("a", "x")], mode="replace", source="http")
+    postgres.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="is unavailable .* nothing was stored"):
+            store.add_examples("m", [("b", "x")], mode="append", source="http")
+        assert time.monotonic() - started < 10
+    finally:
+        postgres.start()
+    store.add_examples("m", [("b", "x")], mode="append", source="http")  # reconnects by itself
+    assert store.dataset("m") == [("a", "x"), ("b", "x")]
+
+
+# -- registry on S3 --------------------------------------------------------------------------
+def test_s3_registry_publishes_metadata_last_and_verifies_downloads(s3, tmp_path) -> None:
+    bucket = s3.new_bucket()
+    url = f"s3://{bucket}/models"
+    publisher = Registry(storage=S3Storage(url, tmp_path / "a", endpoint_url=s3.endpoint))
+    version = publish(publisher, payload=b"x" * 5000)
+    assert s3.keys(bucket)[-1] == f"models/m/{version}/tokenizer.json"
+    assert f"models/m/{version}/metadata.json" in s3.keys(bucket)
+
+    replica = Registry(storage=S3Storage(url, tmp_path / "b", endpoint_url=s3.endpoint))
+    assert replica.list_versions("m") == [version]
+    mv = replica.verify("m", version)  # downloaded once into the cache, every sha256 checked
+    assert mv.path == tmp_path / "b" / "m" / version and (mv.path / "model.onnx").is_file()
+
+    # an upload that never got its metadata does not exist, and is cleaned up
+    s3.client().put_object(
+        Bucket=bucket, Key="models/m/v20260101-000000-000000-abcd/model.onnx", Body=b"half"
+    )
+    assert replica.list_versions("m") == [version]
+    with pytest.raises(VersionNotFoundError):
+        replica.get("m", "v20260101-000000-000000-abcd")
+    assert replica.storage.clean_incomplete("m", older_than_s=0) == ["v20260101-000000-000000-abcd"]
+    assert all(version in k for k in s3.keys(bucket))
+
+    # one byte changed in S3: a new replica refuses it by its sha256, naming the file
+    body = bytearray(
+        s3.client().get_object(Bucket=bucket, Key=f"models/m/{version}/model.onnx")["Body"].read()
+    )
+    body[10] ^= 1
+    s3.client().put_object(Bucket=bucket, Key=f"models/m/{version}/model.onnx", Body=bytes(body))
+    fresh = Registry(storage=S3Storage(url, tmp_path / "c", endpoint_url=s3.endpoint))
+    with pytest.raises(CorruptVersionError, match="model.onnx: sha256"):
+        fresh.verify("m", version)
+    assert not (tmp_path / "c" / "m" / version).exists()  # nothing unverified in the cache
+
+    # cached versions nothing points to are removed
+    assert replica.prune_cache("m", keep=set()) == [version]
