@@ -345,10 +345,15 @@ class Registry:
             time.sleep(0.01)
         raise RegistryError(f"the aliases of {name!r} kept changing under this promotion; retry")
 
-    def promote(self, name: str, version: str) -> dict[str, str]:
-        """Make `version` production; the old production becomes `previous`."""
+    def promote(self, name: str, version: str, *, verify: bool = True) -> dict[str, str]:
+        """Make `version` production; the old production becomes `previous`. With
+        `verify=False` (the registry is unreachable) only the id's form is checked: replicas
+        still verify every file before they load it, and keep serving until they can."""
         version = self.resolve(name, version)
-        self.verify(name, version)
+        if verify:
+            self.verify(name, version)
+        elif not _VERSION_RE.match(version):
+            raise VersionNotFoundError(name, version, [])
 
         def change(aliases: dict[str, str]) -> dict[str, str] | None:
             current = aliases.get("production")

@@ -479,13 +479,30 @@ class Refit:
     @admin.post("/models/promote", responses=error_responses(400, 401, 404, 409, 413, 503))
     def promote(self, body: PromoteRequest) -> Any:
         """Make a version production (auth required when REFIT_API_TOKEN is set)."""
+        name = self.settings.model_name
         try:
-            aliases = self.registry.promote(self.settings.model_name, body.version)
+            aliases = self.registry.promote(name, body.version)
+        except RegistryUnavailable as exc:
+            # The alias is the database's; the files are checked by every replica before it
+            # loads them, so the promotion can wait for the registry to come back.
+            try:
+                aliases = self.registry.promote(name, body.version, verify=False)
+            except LookupError as bad:
+                return error(404, str(bad))
+            return JSONResponse(
+                {
+                    "model": name,
+                    **aliases,
+                    "warning": f"promoted without checking the files: {exc}; replicas load"
+                    " it once they can fetch and verify it (GET /models: serving.fetch_error)",
+                },
+                status_code=202,
+            )
         except LookupError as exc:
             return error(404, str(exc))
         except RegistryError as exc:
             return error(409, str(exc))
-        return {"model": self.settings.model_name, **aliases}
+        return {"model": name, **aliases}
 
     @admin.post("/models/rollback", responses=error_responses(401, 409, 413, 503))
     def rollback(self) -> Any:

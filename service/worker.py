@@ -11,6 +11,7 @@ SIGKILLed worker (its trainer dies with it) stops heartbeating, and after
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -79,10 +80,12 @@ class Worker:
             except StoreUnavailable as exc:  # keep training; the result waits for the store
                 log.warning("job %s: heartbeat not recorded: %s", job_id, exc)
                 continue
-            if not held:
-                log.warning("job %s: no longer held by this worker (reaped or cancelled)", job_id)
+            if not held:  # finished (the trainer is exiting), reaped or cancelled
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(10)
                 break
         if self.proc.poll() is None:
+            log.warning("job %s: no longer held by this worker; stopping its trainer", job_id)
             self.proc.terminate()
             try:
                 self.proc.wait(30)

@@ -1,0 +1,453 @@
+"""Two replicas and two `refit worker`s on one PostgreSQL and one S3 bucket, all real
+processes: promotion, load, failures of each component."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from models import Registry
+from models._s3 import S3Storage
+from service.state import DbAliases
+from service.store import Store
+from tests.cluster.conftest import Postgres, SeaweedS3
+from tests.conftest import REPO, banking77_slice, read_banking77
+from tests.e2e.conftest import Server, make_server, submit, wait_job
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+CLASSES = sorted({label for _, label in read_banking77("train")})[:3]
+
+
+@dataclass
+class WorkerProc:
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "training.cli", "worker"],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(self.proc.pid).send_signal(sig)
+        self.proc.wait(60)
+        self.proc = None
+
+
+@dataclass
+class Fleet:
+    tmp: Path
+    db_url: str
+    bucket: str
+    s3: SeaweedS3
+    postgres: Postgres
+    settings: dict[str, str]
+    replicas: dict[str, Server]
+    workers: list[WorkerProc]
+
+    @property
+    def registry_url(self) -> str:
+        return f"s3://{self.bucket}/models"
+
+    def store(self) -> Store:
+        return Store(self.db_url, migrate=False)
+
+    def registry(self) -> Registry:
+        return Registry(
+            storage=S3Storage(
+                self.registry_url, self.tmp / "tool-cache", endpoint_url=self.s3.endpoint
+            ),
+            aliases=DbAliases(self.store()),
+        )
+
+    def replica(self, name: str) -> Server:
+        (self.tmp / name).mkdir()
+        srv = make_server(self.tmp / name, **self.settings)
+        self.replicas[name] = srv
+        return srv
+
+    def worker(self) -> WorkerProc:
+        home = self.tmp / f"worker{len(self.workers)}"
+        env = {**os.environ, **self.settings, "REFIT_HOME": str(home)}
+        w = WorkerProc(env, self.tmp / f"worker{len(self.workers)}.log")
+        w.start()
+        self.workers.append(w)
+        return w
+
+    def copy_version(self, source: str) -> str:
+        """A new version with the files of `source` (published as a trainer would)."""
+        registry = self.registry()
+        mv = registry.verify("default", source)
+        staging = registry.stage("default")
+        for file in mv.metadata.files:
+            shutil.copy(mv.path / file, staging.path / file)
+        meta = mv.metadata.model_copy(update={"version": staging.version})
+        return registry.publish(staging, meta).version
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, postgres: Postgres, s3: SeaweedS3) -> Iterator[Fleet]:
+    tmp = tmp_path_factory.mktemp("fleet")
+    bucket = s3.new_bucket()
+    db_url = postgres.new_database()
+    settings = {
+        "REFIT_DATABASE_URL": db_url,
+        "REFIT_REGISTRY_URL": f"s3://{bucket}/models",
+        "REFIT_S3_ENDPOINT_URL": s3.endpoint,
+        "REFIT_TRAINER": "external",
+        "REFIT_WORKERS": "1",
+        "REFIT_TRIGGER_POLL_S": "1",
+        "REFIT_WORKER_HEARTBEAT_S": "1",
+        "REFIT_WORKER_TIMEOUT_S": "6",
+        "REFIT_WORKER_POLL_S": "0.5",
+        "REFIT_FINE_TUNING_MIN_STEPS": "30",
+        "AWS_ACCESS_KEY_ID": "refit-test",
+        "AWS_SECRET_ACCESS_KEY": "refit-test-secret",
+    }
+    f = Fleet(tmp, db_url, bucket, s3, postgres, settings, {}, [])
+    try:
+        f.replica("a").start()  # first start: trains the example model into S3
+        f.replica("b").start()  # downloads it
+        f.worker()
+        f.worker()
+        yield f
+    finally:
+        for srv in f.replicas.values():
+            srv.stop(signal.SIGKILL)
+        for w in f.workers:
+            w.kill()
+
+
+def serving(srv: Server) -> str | None:
+    with srv.client() as c:
+        return c.get("/models").json()["serving"]["version"]
+
+
+def wait_until(check, timeout: float, what: str, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def test_a_retrain_sent_to_a_is_run_by_a_worker_and_served_by_b_within_2s(fleet: Fleet) -> None:
+    a, b = fleet.replicas["a"], fleet.replicas["b"]
+    rows = banking77_slice("train", CLASSES, per_class=6)
+    body = {
+        "examples": [{"text": t, "label": y} for t, y in rows],
+        "mode": "replace",
+        "strategy": "feature_extraction",
+    }
+    with a.client() as ca, b.client() as cb:
+        r = submit(ca, body)
+        assert r.status_code == 200, r.text
+        job_id = r.headers["X-Refit-Job-Id"]
+        job, _ = wait_job(ca, job_id, timeout=240)
+        done = time.monotonic()
+        assert job["state"] == "succeeded", job
+        assert job["worker"] and job["result"]["promoted"] is True
+        version = job["result"]["version"]
+        wait_until(
+            lambda: cb.post("/predict", json={"texts": ["my card"]}).json()["version"] == version,
+            2.0,
+            "replica B serves the new version",
+        )
+        assert time.monotonic() - done <= 2.0
+        assert ca.get(f"/jobs/{job_id}").json() == cb.get(f"/jobs/{job_id}").json()
+
+
+def test_16_clients_see_only_production_versions_through_promotions_and_a_rollback(
+    fleet: Fleet,
+) -> None:
+    a, b = fleet.replicas["a"], fleet.replicas["b"]
+    start = fleet.store().aliases("default")[0]["production"]
+    candidates = [fleet.copy_version(start) for _ in range(3)]
+    order = [start, *candidates, candidates[1]]  # three promotions, then the rollback
+    stop = threading.Event()
+    seen: list[list[str]] = [[] for _ in range(16)]
+    failures: list[str] = []
+
+    def client(i: int) -> None:
+        srv = a if i % 2 else b
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/predict", json={"texts": [f"card payment {i}"]})
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                    continue
+                v = r.json()["version"]
+                if not seen[i] or seen[i][-1] != v:
+                    seen[i].append(v)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        for i, version in enumerate(candidates):
+            with (a if i % 2 == 0 else b).client() as c:
+                r = c.post("/models/promote", json={"version": version})
+                assert r.status_code == 200, r.text
+            time.sleep(4)
+        with b.client() as c:
+            r = c.post("/models/rollback")
+            assert r.status_code == 200, r.text
+            assert r.json()["production"] == candidates[1]
+        time.sleep(4)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert failures == []
+    for versions in seen:
+        # each client's versions follow the production history in order (none skipped
+        # back, except across the rollback)
+        it = iter(order)
+        assert all(v in it for v in versions), (versions, order)
+    assert {v[-1] for v in seen} == {candidates[1]}
+
+
+def test_a_worker_killed_mid_fine_tuning_is_retried_elsewhere_and_publishes_once(
+    fleet: Fleet,
+) -> None:
+    a = fleet.replicas["a"]
+    before = set(fleet.registry().list_versions("default"))
+    rows = banking77_slice("train", CLASSES, per_class=8, seed=3)
+    body = {
+        "examples": [{"text": t, "label": y} for t, y in rows],
+        "mode": "append",
+        "strategy": "fine_tuning",
+        "promote": "never",
+    }
+    store = fleet.store()
+    with a.client() as c:
+        job_id = submit(c, body).headers["X-Refit-Job-Id"]
+        job = wait_until(
+            lambda: (j := c.get(f"/jobs/{job_id}").json())["phase"] == "training" and j,
+            240,
+            "the job reaches fine-tuning",
+            step=0.2,
+        )
+        holder = next(
+            w for w in fleet.workers if w.proc and job["worker"].split("-")[-2] == str(w.proc.pid)
+        )
+        holder.kill(signal.SIGKILL)  # its trainer dies with it (PR_SET_PDEATHSIG)
+        interrupted = wait_until(
+            lambda: (j := c.get(f"/jobs/{job_id}").json())["state"] == "interrupted" and j,
+            60,
+            "the job is marked interrupted",
+        )
+        assert "stopped heartbeating" in interrupted["error"]
+        retry = next(j for j in store.list_jobs("default") if j.request.get("retry_of") == job_id)
+        final, _ = wait_job(c, retry.id, timeout=400)
+    assert final["state"] == "succeeded", final
+    assert final["worker"] != job["worker"]
+    after = set(fleet.registry().list_versions("default"))
+    assert after - before == {final["result"]["version"]}  # exactly one version
+    keys = fleet.s3.keys(fleet.bucket)
+    complete = {k.split("/")[2] for k in keys if k.endswith("/metadata.json")}
+    assert {k.split("/")[2] for k in keys} == complete  # no partial objects
+    fleet.worker()  # back to two workers
+
+
+def test_a_killed_replica_leaves_b_serving_and_a_new_replica_starts_from_s3(fleet: Fleet) -> None:
+    a, b = fleet.replicas["a"], fleet.replicas["b"]
+    production = fleet.store().aliases("default")[0]["production"]
+    a.stop(signal.SIGKILL)
+    with b.client() as c:
+        for _ in range(20):
+            r = c.post("/predict", json={"texts": ["top up failed"]})
+            assert r.status_code == 200 and r.json()["version"] == production
+    c_srv = fleet.replica("c")
+    assert not (c_srv.home / "cache").exists()
+    c_srv.start()
+    assert serving(c_srv) == production
+    cached = c_srv.home / "cache" / "default" / production
+    assert (cached / "model.onnx").is_file()  # downloaded, verified, loaded
+
+
+def test_postgres_down_for_10s_fails_no_prediction_and_writes_get_503(fleet: Fleet) -> None:
+    b, c = fleet.replicas["b"], fleet.replicas["c"]
+    store = fleet.store()
+    examples_before = store.example_count()
+    stop = threading.Event()
+    failures: list[str] = []
+    counts = [0]
+
+    def client(srv: Server) -> None:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            while not stop.is_set():
+                r = http.post("/predict", json={"texts": ["where is my card"]})
+                counts[0] += 1
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in (b, c, b, c)]
+    for t in threads:
+        t.start()
+    accepted = 0
+    try:
+        time.sleep(1)
+        fleet.postgres.stop()
+        outage = time.monotonic()
+        with b.client() as http:
+            r = http.post(
+                "/feedback", json={"examples": [{"text": "lost card help", "label": CLASSES[0]}]}
+            )
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "5"
+            assert "unavailable" in r.json()["error"]
+            r = submit(
+                http, {"examples": [{"text": "x y", "label": "a"}, {"text": "y z", "label": "b"}]}
+            )
+            assert r.status_code == 503, r.text
+        time.sleep(max(0.0, 10 - (time.monotonic() - outage)))
+        fleet.postgres.start()
+        with c.client() as http:
+            r = wait_until(
+                lambda: (
+                    (
+                        resp := http.post(
+                            "/feedback",
+                            json={"examples": [{"text": "lost card help", "label": CLASSES[0]}]},
+                        )
+                    ).status_code
+                    == 200
+                    and resp
+                ),
+                20,
+                "writes succeed again",
+                step=0.5,
+            )
+            accepted = r.json()["accepted"]
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert failures == [] and counts[0] > 50
+    assert store.example_count() == examples_before + accepted
+
+
+def test_s3_down_keeps_replicas_serving_and_a_promotion_applies_when_it_returns(
+    fleet: Fleet,
+) -> None:
+    b, c = fleet.replicas["b"], fleet.replicas["c"]
+    old = fleet.store().aliases("default")[0]["production"]
+    candidate = fleet.copy_version(old)
+    fleet.s3.stop()
+    try:
+        with b.client() as http:
+            r = http.post("/models/promote", json={"version": candidate})
+            assert r.status_code == 202, r.text
+            assert "promoted without checking the files" in r.json()["warning"]
+            listing = wait_until(
+                lambda: (m := http.get("/models").json())["serving"]["fetch_error"] and m,
+                10,
+                "the replica reports the version it cannot fetch",
+            )
+            assert listing["serving"]["fetch_error"]["version"] == candidate
+            assert listing["serving"]["version"] == old
+            assert listing["registry"]["error"] and "unavailable" in listing["registry"]["error"]
+            for _ in range(10):
+                r = http.post("/predict", json={"texts": ["card declined"]})
+                assert r.status_code == 200 and r.json()["version"] == old
+    finally:
+        fleet.s3.start()
+    for srv in (b, c):
+        wait_until(lambda srv=srv: serving(srv) == candidate, 15, "served once S3 is back")
+
+
+def test_200_feedback_examples_across_two_replicas_start_exactly_one_job(fleet: Fleet) -> None:
+    b, c = fleet.replicas["b"], fleet.replicas["c"]
+    store = fleet.store()
+    # the earlier tests left some pending feedback; top it up to the trigger's 200
+    pending = store.trigger_state("default")["pending"]
+    rows = [r for r in read_banking77("train") if r[1] in CLASSES][: 200 - pending]
+    triggered_before = [j.id for j in store.list_jobs("default", 500) if j.request.get("trigger")]
+    for i in range(0, len(rows), 20):
+        srv = b if (i // 20) % 2 == 0 else c
+        with srv.client() as http:
+            r = http.post(
+                "/feedback",
+                json={"examples": [{"text": t, "label": y} for t, y in rows[i : i + 20]]},
+            )
+            assert r.status_code == 200, r.text
+    wait_until(
+        lambda: any(
+            j.request.get("trigger") and j.id not in triggered_before
+            for j in store.list_jobs("default", 500)
+        ),
+        20,
+        "a trigger fires",
+    )
+    time.sleep(4)  # several more trigger polls on both replicas
+    new = [
+        j
+        for j in store.list_jobs("default", 500)
+        if j.request.get("trigger") and j.id not in triggered_before
+    ]
+    assert len(new) == 1, [j.to_dict() for j in new]
+
+
+def test_a_byte_changed_in_s3_is_refused_and_the_last_good_version_keeps_serving(
+    fleet: Fleet,
+) -> None:
+    b = fleet.replicas["b"]
+    good = serving(b)
+    bad = fleet.copy_version(good)
+    client = fleet.s3.client()
+    key = f"models/default/{bad}/model.onnx"
+    body = bytearray(client.get_object(Bucket=fleet.bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    client.put_object(Bucket=fleet.bucket, Key=key, Body=bytes(body))
+    with b.client() as http:
+        r = http.post("/models/promote", json={"version": bad})
+        assert r.status_code == 409 and "model.onnx: sha256" in r.json()["error"]
+        # the alias pointing at it anyway (an operator's hand edit of the store)
+        store = fleet.store()
+        aliases, generation = store.aliases("default")
+        assert store.set_aliases("default", generation, {"production": bad, "previous": good})
+        try:
+            listing = wait_until(
+                lambda: (m := http.get("/models").json())["serving"]["error"] and m,
+                10,
+                "the replica refuses the version",
+            )
+            assert "model.onnx: sha256" in listing["serving"]["error"]
+            assert listing["serving"]["version"] == good
+            r = http.post("/predict", json={"texts": ["card declined"]})
+            assert r.status_code == 200 and r.json()["version"] == good
+        finally:
+            aliases, generation = store.aliases("default")
+            store.set_aliases("default", generation, {"production": good})
