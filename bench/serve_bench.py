@@ -30,6 +30,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from service.settings import Settings  # noqa: E402
+from service.state import open_state  # noqa: E402
 from tests.e2e.conftest import make_server  # noqa: E402  (one way to start the service)
 
 
@@ -188,9 +190,7 @@ def main() -> int:
     )
     server.start()
     try:
-        from models import Registry
-
-        mv = Registry(server.home).get("default", "production")
+        mv = open_state(Settings(home=server.home))[1].get("default", "production")
         raw = raw_ort(mv.path, test_texts[:n_throughput], threads=2, n_latency=n_latency)
         lat = http_latency(server.url, test_texts[:n_latency])
         tput, errors, lat32 = http_throughput(

@@ -48,17 +48,20 @@ class Response:
     worker: str
 
 
-def clone_version(home: Path, name: str = "default") -> str:
-    """Publish a copy of production under a new version id (a swap loads a real,
-    separate ONNX session either way; training three models would only add minutes)."""
-    from models import Registry
+def clone_version(home_or_registry, name: str = "default", source: str = "production") -> str:
+    """Publish a copy of a version under a new version id (a swap loads a real, separate
+    ONNX session either way; training three models would only add minutes)."""
+    registry = home_or_registry
+    if isinstance(home_or_registry, Path):
+        from service.settings import Settings
+        from service.state import open_state
 
-    registry = Registry(home)
-    source = registry.get(name, "production")
+        registry = open_state(Settings(home=home_or_registry))[1]
+    mv = registry.verify(name, source)
     staging = registry.stage(name)
-    for file in source.metadata.files:
-        shutil.copy2(source.path / file, staging.path / file)
-    meta = source.metadata.model_copy(update={"version": staging.version})
+    for file in mv.metadata.files:
+        shutil.copy2(mv.path / file, staging.path / file)
+    meta = mv.metadata.model_copy(update={"version": staging.version})
     return registry.publish(staging, meta).version
 
 

@@ -197,9 +197,10 @@ class LocalStorage:
         except FileNotFoundError:
             return None
 
-    def fetch(self, name: str, version: str, files: dict[str, str]) -> Path:
-        """The version's folder on this machine (here: where it lives)."""
-        return self.model_dir(name) / version
+    def fetch(self, name: str, version: str, files: dict[str, str]) -> tuple[Path, bool]:
+        """The version's folder on this machine (here: where it lives), and whether its
+        files were just checked against `files` (here: never)."""
+        return self.model_dir(name) / version, False
 
     def staging_root(self, name: str) -> Path:
         return self.model_dir(name)
@@ -298,8 +299,9 @@ class Registry:
         """Fetch the version's files to this machine if needed and re-hash every one; raise
         `CorruptVersionError` naming the first bad file."""
         mv = self.get(name, version)
-        path = self.storage.fetch(name, mv.version, mv.metadata.files)
-        check_files(name, mv.version, path, mv.metadata.files)
+        path, checked = self.storage.fetch(name, mv.version, mv.metadata.files)
+        if not checked:  # a fresh download was checked before it entered the cache
+            check_files(name, mv.version, path, mv.metadata.files)
         return ModelVersion(name, mv.version, path, mv.metadata)
 
     # -- writing ---------------------------------------------------------------------------

@@ -144,14 +144,15 @@ class S3Storage:
             return None
         return obj["Body"].read()
 
-    def fetch(self, name: str, version: str, files: dict[str, str]) -> Path:
-        """Download the version once into the cache (checked by the caller's sha256 pass,
-        and here before it becomes visible in the cache)."""
+    def fetch(self, name: str, version: str, files: dict[str, str]) -> tuple[Path, bool]:
+        """Download the version once into the cache, every sha256 checked before it
+        becomes visible there; True when this call checked them (a cached copy is checked
+        again by the caller)."""
         from models._registry import check_files
 
         final = self.model_dir(name) / version
         if final.is_dir():
-            return final
+            return final, False
         tmp = self.model_dir(name) / f".download-{version}.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -169,14 +170,13 @@ class S3Storage:
                     continue  # reported by check_files as missing
             check_files(name, version, tmp, files)
             os.rename(tmp, final)
-        except FileExistsError:  # another process of this replica finished it first
-            pass
-        except OSError as exc:
+        except OSError as exc:  # ENOTEMPTY/EEXIST: another process of this replica was first
             if not final.is_dir():
                 raise RegistryError(f"cannot cache {name}/{version} under {final}: {exc}") from exc
+            return final, False
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return final
+        return final, True
 
     # -- writing ---------------------------------------------------------------------------
     def staging_root(self, name: str) -> Path:

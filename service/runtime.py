@@ -128,12 +128,20 @@ class ModelHolder:
         with self._lock:
             return self._model
 
+    def _warn(self, message: str, every_s: float = 30.0) -> None:
+        """An outage is logged when it starts and then every `every_s`, not every poll."""
+        now = time.monotonic()
+        last = getattr(self, "_last_warning", (None, 0.0))
+        if message != last[0] or now - last[1] >= every_s:
+            log.warning("%s; still serving what is loaded", message)
+            self._last_warning = (message, now)
+
     def refresh(self) -> bool:
         """Load the production version if it changed; True when a swap happened."""
         try:
             stamp = self.registry.alias_token(self.name)
         except Exception as exc:  # the store is away: keep serving what is loaded
-            log.warning("cannot read the aliases of %s: %s", self.name, exc)
+            self._warn(f"cannot read the aliases of {self.name}: {exc}")
             return False
         if stamp is not None and stamp == self._seen:
             return False
@@ -154,7 +162,7 @@ class ModelHolder:
         except RegistryUnavailable as exc:  # transient: the next poll tries again
             self._seen = None
             self.fetch_error = {"version": target, "error": str(exc)}
-            log.warning("cannot fetch %s/%s: %s", self.name, target, exc)
+            self._warn(f"cannot fetch {self.name}/{target}: {exc}")
             return False
         except ProviderError as exc:
             self.error = str(exc)

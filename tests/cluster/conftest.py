@@ -130,15 +130,15 @@ class Postgres:
         return f"postgresql://refit@127.0.0.1:{self.port}/{name}"
 
 
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory) -> Iterator[Postgres]:
+def launch_postgres() -> Postgres:
+    """A new PostgreSQL server in a private folder (`pg.stop()` + `cleanup()` to remove)."""
     # not under pytest's tmp folder: that one is private to root, and the server is not root
     root = Path(tempfile.mkdtemp(prefix="refit-pg-"))
-    data = root / "data"
     if os.geteuid() == 0:
         shutil.chown(root, "nobody", "nogroup")
     subprocess.run(
-        [str(pg_bin() / "initdb"), "-D", str(data), "-U", "refit", "--auth=trust", "-E", "UTF8"],
+        [str(pg_bin() / "initdb"), "-D", str(root / "data"), "-U", "refit", "--auth=trust"]
+        + ["-E", "UTF8"],
         check=True,
         capture_output=True,
         cwd=root,
@@ -151,9 +151,15 @@ def postgres(tmp_path_factory) -> Iterator[Postgres]:
         check=True,
         capture_output=True,
     )
+    return pg
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    pg = launch_postgres()
     yield pg
     pg.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(pg.dir, ignore_errors=True)
 
 
 @dataclass
@@ -238,12 +244,17 @@ class SeaweedS3:
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory) -> Iterator[SeaweedS3]:
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"), free_ports(8))
-    (server.dir / "data").mkdir()
+def launch_s3(folder: Path) -> SeaweedS3:
+    server = SeaweedS3(folder, free_ports(8))
+    (server.dir / "data").mkdir(exist_ok=True)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "refit-test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "refit-test-secret")
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> Iterator[SeaweedS3]:
+    server = launch_s3(tmp_path_factory.mktemp("seaweed"))
     yield server
     server.stop()

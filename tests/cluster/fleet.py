@@ -1,0 +1,131 @@
+"""A fleet of real processes on one PostgreSQL and one S3 bucket: replicas (`python -m
+service`) and `refit worker`s. Used by tests/cluster and bench/cluster_bench.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from bench.swap_under_load import clone_version
+from models import Registry
+from models._s3 import S3Storage
+from service.state import DbAliases
+from service.store import Store
+from tests.cluster.conftest import Postgres, SeaweedS3
+from tests.conftest import REPO
+from tests.e2e.conftest import Server, make_server
+
+
+@dataclass
+class WorkerProc:
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "training.cli", "worker"],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(self.proc.pid).send_signal(sig)
+        self.proc.wait(60)
+        self.proc = None
+
+
+@dataclass
+class Fleet:
+    tmp: Path
+    db_url: str
+    bucket: str
+    s3: SeaweedS3
+    postgres: Postgres
+    settings: dict[str, str]
+    replicas: dict[str, Server]
+    workers: list[WorkerProc]
+
+    @property
+    def registry_url(self) -> str:
+        return f"s3://{self.bucket}/models"
+
+    def store(self) -> Store:
+        return Store(self.db_url, migrate=False)
+
+    def registry(self) -> Registry:
+        return Registry(
+            storage=S3Storage(
+                self.registry_url, self.tmp / "tool-cache", endpoint_url=self.s3.endpoint
+            ),
+            aliases=DbAliases(self.store()),
+        )
+
+    def replica(self, name: str) -> Server:
+        (self.tmp / name).mkdir()
+        srv = make_server(self.tmp / name, **self.settings)
+        self.replicas[name] = srv
+        return srv
+
+    def worker(self) -> WorkerProc:
+        home = self.tmp / f"worker{len(self.workers)}"
+        env = {**os.environ, **self.settings, "REFIT_HOME": str(home)}
+        w = WorkerProc(env, self.tmp / f"worker{len(self.workers)}.log")
+        w.start()
+        self.workers.append(w)
+        return w
+
+    def copy_version(self, source: str) -> str:
+        """A new version with the files of `source` (published as a trainer would)."""
+        return clone_version(self.registry(), "default", source)
+
+
+@contextlib.contextmanager
+def launch_fleet(
+    tmp: Path, postgres: Postgres, s3: SeaweedS3, *, replicas: int = 2, workers: int = 2, **env: str
+) -> Iterator[Fleet]:
+    """Replicas a, b, ... (the first trains the example model into the empty registry) and
+    `workers` workers on a new database and bucket; everything is killed on exit."""
+    bucket = s3.new_bucket()
+    db_url = postgres.new_database()
+    settings = {
+        "REFIT_DATABASE_URL": db_url,
+        "REFIT_REGISTRY_URL": f"s3://{bucket}/models",
+        "REFIT_S3_ENDPOINT_URL": s3.endpoint,
+        "REFIT_TRAINER": "external",
+        "REFIT_WORKERS": "1",
+        "REFIT_TRIGGER_POLL_S": "1",
+        "REFIT_WORKER_HEARTBEAT_S": "1",
+        "REFIT_WORKER_TIMEOUT_S": "6",
+        "REFIT_WORKER_POLL_S": "0.5",
+        "REFIT_FINE_TUNING_MIN_STEPS": "30",
+        "AWS_ACCESS_KEY_ID": "refit-test",
+        "AWS_SECRET_ACCESS_KEY": "refit-test-secret",
+        **env,
+    }
+    f = Fleet(tmp, db_url, bucket, s3, postgres, settings, {}, [])
+    try:
+        for name in "abcdefgh"[:replicas]:
+            f.replica(name).start()  # the first trains the example model into S3
+        for _ in range(workers):
+            f.worker()
+        yield f
+    finally:
+        for srv in f.replicas.values():
+            srv.stop(signal.SIGKILL)
+        for w in f.workers:
+            w.kill()
