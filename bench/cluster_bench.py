@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -197,10 +198,11 @@ def main() -> int:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="refit-cluster-bench-"))
-    postgres = launch_postgres()
-    s3 = launch_s3(tmp / "s3")
     texts = [t for t, _ in banking77_texts("test")[:400]]
+    postgres = launch_postgres()
+    s3 = None
     try:
+        s3 = launch_s3(tmp / "s3")
         with launch_fleet(tmp, postgres, s3, REFIT_WORKER_POLL_S="1") as fleet:
             print("fleet up", flush=True)
             promote = promotion_times(fleet, args.promotions)
@@ -215,8 +217,11 @@ def main() -> int:
             load = promotions_under_load(fleet, args.load_seconds)
             print(f"promotions under load {load}", flush=True)
     finally:
-        s3.stop()
+        if s3 is not None:
+            s3.stop()
         postgres.stop()
+        shutil.rmtree(postgres.dir, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "setup": "PostgreSQL + SeaweedFS S3 + 2 replicas (1 inference worker each) + 2 workers,"

@@ -470,6 +470,7 @@ class Refit:
                 "worker_pid": os.getpid(),
                 "error": self.holder.error,
                 "fetch_error": self.holder.fetch_error,
+                "last_swap": self.holder.last_swap,
             },
             "registry": {"url": self.registry.url, "error": registry_error},
             "trainer": self.settings.trainer,

@@ -121,6 +121,7 @@ class ModelHolder:
         self.error: str | None = None
         self.failed_versions: dict[str, str] = {}
         self.fetch_error: dict[str, str] | None = None  # a version it could not fetch (yet)
+        self.last_swap: dict[str, Any] | None = None  # how long the last swap took
         self.swaps = 0
 
     @property
@@ -156,8 +157,10 @@ class ModelHolder:
             return False
         if target in self.failed_versions:
             return False
+        started = time.perf_counter()
         try:
             mv = self.registry.verify(self.name, target)
+            fetched = time.perf_counter()
             loaded = load_model(mv, **self._load_kwargs)
         except RegistryUnavailable as exc:  # transient: the next poll tries again
             self._seen = None
@@ -175,6 +178,13 @@ class ModelHolder:
             return False
         with self._lock:
             self._model = loaded
+        done = time.perf_counter()
+        self.last_swap = {
+            "version": loaded.version,
+            "fetch_verify_s": round(fetched - started, 3),
+            "load_s": round(done - fetched, 3),
+            "at": time.time(),
+        }
         self.error = None
         self.fetch_error = None
         self.swaps += 1

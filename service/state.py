@@ -4,6 +4,7 @@ two objects and never asks which backend is behind them."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -59,15 +60,19 @@ def import_file_aliases(registry: Registry, store: Store) -> list[str]:
     """A registry folder from the single-node release keeps its aliases in
     `<name>/aliases.json`; move them into the store once (the file is renamed to
     `aliases.json.imported`), so that the store is their one source of truth."""
+    from models import FileAliases, RegistryError
+
     imported = []
     for name in registry.list_models():
         path = registry.model_dir(name) / "aliases.json"
-        if not path.is_file():
+        try:
+            aliases, _ = FileAliases(registry.root).read(name)
+        except RegistryError as exc:  # unreadable: leave it for the operator
+            log.error("%s", exc)
             continue
-        from models import FileAliases
-
-        aliases, _ = FileAliases(registry.root).read(name)
-        if aliases and store.set_aliases(name, 0, aliases):
+        if not aliases:
+            continue  # no file (or another process imported it first)
+        if store.set_aliases(name, 0, aliases):
             imported.append(name)
             log.info("imported the aliases of %s from %s: %s", name, path, aliases)
         else:
@@ -77,5 +82,6 @@ def import_file_aliases(registry: Registry, store: Store) -> list[str]:
                 name,
                 store.aliases(name)[0],
             )
-        os.replace(path, path.with_name("aliases.json.imported"))
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, path.with_name("aliases.json.imported"))
     return imported

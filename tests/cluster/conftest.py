@@ -246,7 +246,7 @@ class SeaweedS3:
 
 def launch_s3(folder: Path) -> SeaweedS3:
     server = SeaweedS3(folder, free_ports(8))
-    (server.dir / "data").mkdir(exist_ok=True)
+    (server.dir / "data").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "refit-test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "refit-test-secret")
     server.start()

@@ -59,11 +59,15 @@ def test_a_retrain_sent_to_a_is_run_by_a_worker_and_served_by_b_within_2s(fleet:
         assert job["state"] == "succeeded", job
         assert job["worker"] and job["result"]["promoted"] is True
         version = job["result"]["version"]
-        wait_until(
-            lambda: cb.post("/predict", json={"texts": ["my card"]}).json()["version"] == version,
-            2.0,
-            "replica B serves the new version",
-        )
+        try:
+            wait_until(
+                lambda: cb.post("/predict", json={"texts": ["my card"]}).json()["version"]
+                == version,
+                2.0,
+                "replica B serves the new version",
+            )
+        finally:
+            print("replica B:", cb.get("/models").json()["serving"])
         assert time.monotonic() - done <= 2.0
         assert ca.get(f"/jobs/{job_id}").json() == cb.get(f"/jobs/{job_id}").json()
 
