@@ -14,6 +14,7 @@ alias points to are removed (`prune_cache`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -145,11 +146,9 @@ class S3Storage:
         return obj["Body"].read()
 
     def fetch(self, name: str, version: str, files: dict[str, str]) -> tuple[Path, bool]:
-        """Download the version once into the cache, every sha256 checked before it
-        becomes visible there; True when this call checked them (a cached copy is checked
-        again by the caller)."""
-        from models._registry import check_files
-
+        """Download the version once into the cache, every sha256 checked while it streams
+        in and before it becomes visible there; True when this call checked them (a cached
+        copy is checked again by the caller)."""
         final = self.model_dir(name) / version
         if final.is_dir():
             return final, False
@@ -157,18 +156,16 @@ class S3Storage:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            for file in sorted(files):
-                try:
-                    self._call(
-                        f"downloading {name}/{version}/{file}",
-                        self.client.download_file,
-                        self.bucket,
-                        self._key(name, version, file),
-                        str(tmp / file),
-                    )
-                except FileNotFoundError:
-                    continue  # reported by check_files as missing
-            check_files(name, version, tmp, files)
+            for file, expected in sorted(files.items()):
+                self._call(
+                    f"downloading {name}/{version}/{file}",
+                    self._download_checked,
+                    name,
+                    version,
+                    file,
+                    expected,
+                    tmp / file,
+                )
             os.rename(tmp, final)
         except OSError as exc:  # ENOTEMPTY/EEXIST: another process of this replica was first
             if not final.is_dir():
@@ -177,6 +174,31 @@ class S3Storage:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final, True
+
+    def _download_checked(
+        self, name: str, version: str, file: str, expected: str, target: Path
+    ) -> None:
+        """One GET, written and hashed in the same pass (no second read of the file)."""
+        from botocore.exceptions import ClientError
+
+        from models._errors import CorruptVersionError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(name, version, file))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise CorruptVersionError(name, version, file, "missing") from exc
+            raise
+        digest = hashlib.sha256()
+        with target.open("wb") as fh:
+            for chunk in obj["Body"].iter_chunks(1 << 20):
+                fh.write(chunk)
+                digest.update(chunk)
+        actual = digest.hexdigest()
+        if actual != expected:
+            raise CorruptVersionError(
+                name, version, file, f"sha256 {actual[:12]}… != recorded {expected[:12]}…"
+            )
 
     # -- writing ---------------------------------------------------------------------------
     def staging_root(self, name: str) -> Path:
