@@ -477,7 +477,16 @@ class Refit:
             "versions": versions,
         }
 
-    @admin.post("/models/promote", responses=error_responses(400, 401, 404, 409, 413, 503))
+    @admin.post(
+        "/models/promote",
+        responses={
+            202: {
+                "description": "the registry is unreachable: promoted without checking the"
+                " files; replicas verify and load it once they can fetch it"
+            },
+            **error_responses(400, 401, 404, 409, 413, 503),
+        },
+    )
     def promote(self, body: PromoteRequest) -> Any:
         """Make a version production (auth required when REFIT_API_TOKEN is set)."""
         name = self.settings.model_name

@@ -82,6 +82,6 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         404: "no such job or version",
         409: "conflicts with the current state",
         413: "request body too large",
-        503: "the job store is busy; retry",
+        503: "the store or the registry is unavailable (or busy); retry after Retry-After",
     }
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}

@@ -61,8 +61,9 @@ def test_a_retrain_sent_to_a_is_run_by_a_worker_and_served_by_b_within_2s(fleet:
         version = job["result"]["version"]
         try:
             wait_until(
-                lambda: cb.post("/predict", json={"texts": ["my card"]}).json()["version"]
-                == version,
+                lambda: (
+                    cb.post("/predict", json={"texts": ["my card"]}).json()["version"] == version
+                ),
                 2.0,
                 "replica B serves the new version",
             )
