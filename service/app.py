@@ -27,6 +27,7 @@ from models import CorruptVersionError, RegistryError, RegistryUnavailable
 from service import metrics
 from service.drift import drift_report
 from service.middleware import (
+    DeadlineMiddleware,
     ErrorShapeMiddleware,
     LimitsAndAuthMiddleware,
     RetrainSubmitMiddleware,
@@ -632,7 +633,9 @@ class Refit:
         return job.to_dict()
 
 
-# First added runs first: limits and auth before anything reads or stores the body.
+# First added runs first: the deadline around everything, then limits and auth before
+# anything reads or stores the body.
+Refit.add_asgi_middleware(DeadlineMiddleware, settings=SETTINGS)
 Refit.add_asgi_middleware(ErrorShapeMiddleware)
 Refit.add_asgi_middleware(LimitsAndAuthMiddleware, settings=SETTINGS)
 Refit.add_asgi_middleware(RetrainSubmitMiddleware, settings=SETTINGS)

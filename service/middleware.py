@@ -12,11 +12,13 @@ import hmac
 import json
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
+import numpy as np
 from pydantic import ValidationError
 
 from service.schemas import RetrainOptions, RetrainRequest
@@ -32,6 +34,88 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 PROTECTED = ("/retrain", "/models/promote", "/models/rollback", "/feedback")
 PREDICT_FIELDS = {"texts", "top_k"}
+MAX_JSON_DEPTH = 32  # the deepest schema (retrain examples) needs 3
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON (or NDJSON) body nests arrays/objects more than `limit` deep, found
+    before any parser recurses into it: strings removed by one regex pass, then a running
+    sum over the brackets in 1 MiB numpy chunks. Linear, C-speed, bounded memory."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    stripped = np.frombuffer(_JSON_STRING.sub(b"", body), dtype=np.uint8)
+    depth = 0
+    for start in range(0, stripped.size, 1 << 20):
+        chunk = stripped[start : start + (1 << 20)]
+        step = ((chunk == 0x5B) | (chunk == 0x7B)).astype(np.int32)
+        step -= ((chunk == 0x5D) | (chunk == 0x7D)).astype(np.int32)
+        running = np.cumsum(step) + depth
+        if running.size and int(running.max()) > limit:
+            return True
+        depth = int(running[-1]) if running.size else depth
+    return False
+
+
+class DeadlineMiddleware:
+    """Every request is answered within `REFIT_REQUEST_TIMEOUT_S`: a body that trickles in
+    or stops half-way gets 408, a handler that takes too long 503 (with Retry-After), and
+    the connection is closed; nothing waits forever, so SIGTERM drains in time."""
+
+    def __init__(self, app, settings: Settings | None = None) -> None:
+        self.app = app
+        self.timeout = (settings or Settings()).request_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.timeout:
+            await self.app(scope, receive, send)
+            return
+        state = {"started": False, "body_done": scope.get("method") in ("GET", "HEAD")}
+
+        async def tracked_receive() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                state["body_done"] = True
+            return message
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, tracked_receive, tracked_send), self.timeout)
+        except TimeoutError:
+            method, path = scope.get("method", ""), scope.get("path", "")
+            log.warning(
+                "%s %s: no answer after %g s (REFIT_REQUEST_TIMEOUT_S)", method, path, self.timeout
+            )
+            if state["started"]:
+                return  # the server closes the connection after an unfinished response
+            close = [(b"connection", b"close")]
+            if not state["body_done"]:
+                await send_json(
+                    send,
+                    408,
+                    {
+                        "error": f"the request body did not arrive within {self.timeout:g} s",
+                        "fix": "send the whole body at once (REFIT_REQUEST_TIMEOUT_S)",
+                    },
+                    close,
+                )
+                return
+            await send_json(
+                send,
+                503,
+                {
+                    "error": f"no answer within {self.timeout:g} s (REFIT_REQUEST_TIMEOUT_S);"
+                    " the request was abandoned",
+                    "fix": "retry later, send smaller requests, or raise REFIT_REQUEST_TIMEOUT_S",
+                },
+                [(b"retry-after", b"5"), *close],
+            )
+
+
 SUBMIT_PATH = "/retrain/submit"
 UPLOAD_TYPES = {
     "text/csv": "csv",
@@ -152,6 +236,18 @@ class LimitsAndAuthMiddleware:
                 await send_json(send, 413, self._too_large())
                 return
             receive = replay(body)
+            kind = (_header(scope, b"content-type") or "application/json").split(";")[0]
+            if "json" in kind.strip().lower() and json_too_deep(body):
+                await send_json(
+                    send,
+                    400,
+                    {
+                        "error": f"the JSON body nests arrays or objects more than {MAX_JSON_DEPTH}"
+                        " levels deep; no endpoint accepts that",
+                        "fix": 'send the documented shape, e.g. {"texts": ["some text"]}',
+                    },
+                )
+                return
             problem = _precheck(path, body, _header(scope, b"content-type"))
             if problem is not None:
                 await send_json(send, *problem)
@@ -179,7 +275,7 @@ def _precheck(
             }
         try:
             payload = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None  # BentoML reports the JSON error
         if isinstance(payload, dict):
             unknown = sorted(set(payload) - PREDICT_FIELDS)

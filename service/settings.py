@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     graceful_shutdown_s: int = Field(
         30, ge=0, description="drain time for in-flight requests on SIGTERM"
     )
+    request_timeout_s: float = Field(
+        20,
+        ge=0,
+        le=3600,
+        description="every request is answered within this (408 for a body still arriving,"
+        " 503 otherwise); keep it below REFIT_GRACEFUL_SHUTDOWN_S; 0: no deadline",
+    )
     # -- scale-out (docs: README "Scale out") ---------------------------------------------
     database_url: str | None = Field(
         None,

@@ -121,6 +121,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     srv = make_server(
         tmp_path_factory.mktemp("e2e"),
         REFIT_MAX_BODY_BYTES=str(2 * 1024 * 1024),
+        REFIT_REQUEST_TIMEOUT_S="8",
         REFIT_MAX_EXAMPLES_PER_REQUEST="2000",
     )
     srv.start()

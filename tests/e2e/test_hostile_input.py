@@ -4,6 +4,9 @@ problem, none gets a 5xx, and none changes the stored examples, the jobs or the 
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -461,3 +464,123 @@ def test_hostile_request_is_refused_clearly_and_changes_nothing(
 
 def test_table_covers_at_least_40_requests() -> None:
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b'"x"' + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [100, 1_000, 10_000, 100_000])
+@pytest.mark.parametrize(
+    ("path", "wrap"),
+    [
+        ("/predict", lambda inner: b'{"texts": ' + inner + b"}"),
+        ("/feedback", lambda inner: b'{"examples": [{"text": "a", "label": ' + inner + b"}]}"),
+        ("/retrain/submit", lambda inner: b'{"examples": ' + inner + b"}"),
+        ("/models/promote", lambda inner: b'{"version": ' + inner + b"}"),
+    ],
+)
+def test_deeply_nested_json_is_refused_within_milliseconds(
+    server: Server, path: str, wrap, depth: int
+) -> None:
+    before = db_state(server)
+    started = time.monotonic()
+    r = httpx.post(
+        f"{server.url}{path}", content=wrap(nested(depth)), headers={**AUTH, **JSON}, timeout=10
+    )
+    assert time.monotonic() - started < 2
+    assert r.status_code == 400, r.text[:300]
+    assert "nests arrays or objects more than 32 levels deep" in r.json()["error"]
+    assert db_state(server) == before
+
+
+def raw_request(server: Server, head: bytes, body_parts: list[bytes], *, pause: float, then: str):
+    """Send headers and body pieces with pauses; `then` = "wait" (keep the socket open),
+    "half-close" (shut down the write side). Returns (status or None, seconds to answer)."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    started = time.monotonic()
+    data = b""
+    try:
+        sock.sendall(head)
+        try:
+            for part in body_parts:
+                sock.sendall(part)
+                time.sleep(pause)
+            if then == "half-close":
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered and closed while we were still sending
+            pass
+        while b"\r\n" not in data:
+            try:
+                chunk = sock.recv(4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    status = int(data.split(b" ")[1]) if data.startswith(b"HTTP/1.1 ") else None
+    return status, time.monotonic() - started
+
+
+def head(path: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_slow_stopped_and_half_closed_bodies_get_an_answer_within_the_deadline(
+    server: Server,
+) -> None:
+    timeout = float(server.env["REFIT_REQUEST_TIMEOUT_S"])
+    body = b'{"texts": ["where is my card"]}'
+    results = {}
+    threads = [
+        # one byte per second: slowloris
+        threading.Thread(
+            target=lambda: results.__setitem__(
+                "trickle",
+                raw_request(
+                    server,
+                    head("/predict", len(body)),
+                    [bytes([b]) for b in body],
+                    pause=1.0,
+                    then="wait",
+                ),
+            )
+        ),
+        # stops half-way and waits
+        threading.Thread(
+            target=lambda: results.__setitem__(
+                "stopped",
+                raw_request(server, head("/feedback", 1000), [body[:10]], pause=0, then="wait"),
+            )
+        ),
+        # half-closed: the client shuts its write side after half the body
+        threading.Thread(
+            target=lambda: results.__setitem__(
+                "half-closed",
+                raw_request(
+                    server, head("/predict", 1000), [body[:10]], pause=0, then="half-close"
+                ),
+            )
+        ),
+    ]
+    for t in threads:
+        t.start()
+    # meanwhile the service answers everyone else at once
+    with server.client() as c:
+        for _ in range(5):
+            assert c.post("/predict", json={"texts": ["card"]}, timeout=5).status_code == 200
+    for t in threads:
+        t.join(timeout + 30)
+    assert results["trickle"][0] == 408 and results["trickle"][1] < timeout + 5, results
+    assert results["stopped"][0] == 408 and results["stopped"][1] < timeout + 5, results
+    # a half-closed request is either answered (4xx) or its connection closed, in time
+    status, seconds = results["half-closed"]
+    assert (status is None or 400 <= status < 500) and seconds < timeout + 5, results
+    with server.client() as c:
+        assert c.get("/readyz").status_code == 200
+        assert c.post("/predict", json={"texts": ["card"]}).status_code == 200
