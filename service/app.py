@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from typing import Any, Literal
 
 import bentoml
@@ -119,6 +120,7 @@ class Refit:
         # live traffic, flushed to the store every REFIT_TRIGGER_POLL_S
         self._traffic: dict[tuple[str, str], list[float]] = {}
         self._uncertain: list[tuple[str, str, float, str, float]] = []
+        self._served_ids: list[tuple[str, str, str, str, float, float]] = []
         self.policy = RetrainPolicy(
             min_pending=self.settings.retrain_min_pending,
             interval_s=self.settings.retrain_interval_s,
@@ -167,6 +169,7 @@ class Refit:
     async def _flush_and_trigger(self) -> None:
         traffic, self._traffic = self._traffic, {}
         uncertain, self._uncertain = self._uncertain, []
+        served, self._served_ids = self._served_ids, []
         name = self.settings.model_name
         if traffic:
             counts = {k: (int(v[0]), v[1]) for k, v in traffic.items()}
@@ -186,6 +189,16 @@ class Refit:
                 uncertain,
                 keep_text=self.settings.store_uncertain_texts,
             )
+        if served:  # best effort: a lost flush loses links to feedback, never predictions
+            try:
+                await asyncio.to_thread(
+                    self.store.add_predictions, served, keep=self.settings.prediction_window
+                )
+                live = await asyncio.to_thread(self.store.live_accuracy, name)
+            except StoreUnavailable:
+                live = {}
+            for version, row in live.items():
+                metrics.LIVE_ACCURACY.labels(name, version).set(row["accuracy"])
         report = await asyncio.to_thread(self._drift)
         if report is not None and report["label_js_divergence"] is not None:
             metrics.DRIFT_JS.labels(name, report["version"]).set(report["label_js_divergence"])
@@ -289,9 +302,16 @@ class Refit:
         top = np.argsort(-probs, axis=1)[:, :k]
         predictions = []
         now = time.time()
-        for text, row, order in zip(texts, probs, top, strict=True):
+        request_id = uuid.uuid4().hex[:16]
+        keep_ids = self.settings.prediction_window > 0 and len(self._served_ids) < 50_000
+        for i, (text, row, order) in enumerate(zip(texts, probs, top, strict=True)):
             best = model.labels[int(order[0])]
             score = float(row[order[0]])
+            prediction_id = f"{request_id}.{i}"
+            if keep_ids:
+                self._served_ids.append(
+                    (prediction_id, model.name, model.version, best, round(score, 6), now)
+                )
             metrics.PREDICTIONS.labels(model.name, model.version, best).inc()
             seen = self._traffic.setdefault((model.version, best), [0, 0.0])
             seen[0] += 1
@@ -300,6 +320,7 @@ class Refit:
                 self._uncertain.append((model.version, best, round(score, 6), text, now))
             predictions.append(
                 {
+                    "id": prediction_id,
                     "label": best,
                     "score": round(float(row[order[0]]), 6),
                     "top": [
@@ -312,7 +333,11 @@ class Refit:
             log.info("predict %r -> %s", texts, [p["label"] for p in predictions])
         return JSONResponse(
             {"model": model.name, "version": model.version, "predictions": predictions},
-            headers={"X-Model-Version": model.version, "X-Refit-Worker": str(os.getpid())},
+            headers={
+                "X-Model-Version": model.version,
+                "X-Refit-Worker": str(os.getpid()),
+                "X-Request-Id": request_id,
+            },
         )
 
     # -- retraining ------------------------------------------------------------------------
@@ -465,6 +490,7 @@ class Refit:
                 "state": state,
             },
             "drift": self._drift(),
+            "live_accuracy": self.store.live_accuracy(name),
             "serving": {
                 "version": served.version if served else None,
                 "provider": served.provider if served else None,

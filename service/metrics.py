@@ -53,6 +53,12 @@ DRIFT_JS = Gauge(
     ["model", "version"],
     multiprocess_mode="mostrecent",
 )
+LIVE_ACCURACY = Gauge(
+    "refit_live_accuracy",
+    "Share of served predictions confirmed by linked feedback (prediction_id), per version",
+    ["model", "version"],
+    multiprocess_mode="mostrecent",
+)
 LIVE_CONFIDENCE = Gauge(
     "refit_drift_live_mean_confidence",
     "Mean top-1 score of live predictions, per served version",

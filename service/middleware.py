@@ -8,6 +8,7 @@ only the job id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -71,6 +72,7 @@ class DeadlineMiddleware:
             await self.app(scope, receive, send)
             return
         state = {"started": False, "body_done": scope.get("method") in ("GET", "HEAD")}
+        answered = asyncio.Event()  # the response's last byte was sent
 
         async def tracked_receive() -> dict[str, Any]:
             message = await receive()
@@ -82,38 +84,52 @@ class DeadlineMiddleware:
             if message["type"] == "http.response.start":
                 state["started"] = True
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered.set()
 
-        try:
-            await asyncio.wait_for(self.app(scope, tracked_receive, tracked_send), self.timeout)
-        except TimeoutError:
-            method, path = scope.get("method", ""), scope.get("path", "")
-            log.warning(
-                "%s %s: no answer after %g s (REFIT_REQUEST_TIMEOUT_S)", method, path, self.timeout
-            )
-            if state["started"]:
-                return  # the server closes the connection after an unfinished response
-            close = [(b"connection", b"close")]
-            if not state["body_done"]:
-                await send_json(
-                    send,
-                    408,
-                    {
-                        "error": f"the request body did not arrive within {self.timeout:g} s",
-                        "fix": "send the whole body at once (REFIT_REQUEST_TIMEOUT_S)",
-                    },
-                    close,
-                )
-                return
+        # The deadline is on the answer, not on work the app goes on with after it (BentoML
+        # runs a submitted task in the same ASGI call once the response is sent).
+        app = asyncio.ensure_future(self.app(scope, tracked_receive, tracked_send))
+        sent = asyncio.ensure_future(answered.wait())
+        done, _ = await asyncio.wait(
+            {app, sent}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if done:
+            sent.cancel()
+            await app
+            return
+        sent.cancel()
+        app.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await app
+        method, path = scope.get("method", ""), scope.get("path", "")
+        log.warning(
+            "%s %s: no answer after %g s (REFIT_REQUEST_TIMEOUT_S)", method, path, self.timeout
+        )
+        if state["started"]:
+            return  # the server closes the connection after an unfinished response
+        close = [(b"connection", b"close")]
+        if not state["body_done"]:
             await send_json(
                 send,
-                503,
+                408,
                 {
-                    "error": f"no answer within {self.timeout:g} s (REFIT_REQUEST_TIMEOUT_S);"
-                    " the request was abandoned",
-                    "fix": "retry later, send smaller requests, or raise REFIT_REQUEST_TIMEOUT_S",
+                    "error": f"the request body did not arrive within {self.timeout:g} s",
+                    "fix": "send the whole body at once (REFIT_REQUEST_TIMEOUT_S)",
                 },
-                [(b"retry-after", b"5"), *close],
+                close,
             )
+            return
+        await send_json(
+            send,
+            503,
+            {
+                "error": f"no answer within {self.timeout:g} s (REFIT_REQUEST_TIMEOUT_S);"
+                " the request was abandoned",
+                "fix": "retry later, send smaller requests, or raise REFIT_REQUEST_TIMEOUT_S",
+            },
+            [(b"retry-after", b"5"), *close],
+        )
 
 
 SUBMIT_PATH = "/retrain/submit"

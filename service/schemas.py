@@ -50,6 +50,7 @@ class TopLabel(BaseModel):
 
 
 class Prediction(BaseModel):
+    id: str = Field(description="send it back as `prediction_id` in POST /feedback")
     label: str
     score: float
     top: list[TopLabel]

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     graceful_shutdown_s: int = Field(
         30, ge=0, description="drain time for in-flight requests on SIGTERM"
     )
+    prediction_window: int = Field(
+        100_000,
+        ge=0,
+        description="served predictions kept for feedback to link to by prediction_id (0: none)",
+    )
     request_timeout_s: float = Field(
         20,
         ge=0,

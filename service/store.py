@@ -672,6 +672,52 @@ class Store:
                 interrupted.append(job_id)
         return interrupted
 
+    # -- served predictions, linked to feedback by id ----------------------------------------
+    def add_predictions(
+        self, rows: Sequence[tuple[str, str, str, str, float, float]], *, keep: int
+    ) -> None:
+        """`(id, model, version, label, score, created_at)` of served predictions; only the
+        newest `keep` rows are kept (a bounded window, whatever the traffic)."""
+        if not rows:
+            return
+        with self._tx() as db:
+            db.execute(
+                _q(
+                    "INSERT INTO predictions (id, model, version, label, score, created_at) "
+                    "VALUES (:id, :m, :v, :l, :s, :at) ON CONFLICT (id) DO NOTHING"
+                ),
+                [
+                    {"id": i, "m": m, "v": v, "l": label, "s": score, "at": at}
+                    for i, m, v, label, score, at in rows
+                ],
+            )
+            db.execute(
+                _q(
+                    "DELETE FROM predictions WHERE seq <= "
+                    "(SELECT COALESCE(MAX(seq), 0) FROM predictions) - :keep"
+                ),
+                {"keep": keep},
+            )
+
+    def live_accuracy(self, model: str) -> dict[str, dict[str, Any]]:
+        """Per served version: feedback examples linked to a served prediction by its id,
+        and how many of those predictions the label confirms."""
+        with self._read() as db:
+            rows = db.execute(
+                _q(
+                    "SELECT p.version, COUNT(*), SUM(CASE WHEN p.label = e.label THEN 1 ELSE 0 END)"
+                    " FROM examples e JOIN batches b ON e.batch_id = b.id"
+                    " JOIN predictions p ON p.id = e.prediction_id"
+                    " WHERE b.model = :m AND b.source = 'feedback' AND p.model = :m"
+                    " GROUP BY p.version"
+                ),
+                {"m": model},
+            ).all()
+        return {
+            version: {"labeled": int(n), "correct": int(k), "accuracy": round(int(k) / int(n), 4)}
+            for version, n, k in rows
+        }
+
     # -- trainer workers (REFIT_TRAINER=external) -------------------------------------------
     def claim_job(self, worker: str) -> Job | None:
         """Claim the oldest queued job whose model has no older active job (one running job

@@ -181,3 +181,40 @@ def test_feedback_triggers_a_retrain_that_is_promoted_then_shuffled_labels_are_r
             r'refit_challengers_rejected_total\{model="default",source="trigger"\} 1\.0', text
         )
         assert re.search(r'refit_auto_retrains_total\{cause="pending",model="default"\} 2\.0', text)
+
+
+def test_prediction_ids_link_feedback_to_what_was_served(loop_server: Server) -> None:
+    with loop_server.client() as c:
+        r = c.post("/predict", json={"texts": ["my card has not arrived", "refund please"]})
+        assert r.status_code == 200
+        request_id = r.headers["X-Request-Id"]
+        served = r.json()
+        ids = [p["id"] for p in served["predictions"]]
+        assert ids == [f"{request_id}.0", f"{request_id}.1"]
+        first, second = served["predictions"]
+        wrong = next(label for label in TEN if label != second["label"])
+        r = c.post(
+            "/feedback",
+            json={
+                "examples": [
+                    {
+                        "text": "my card has not arrived",
+                        "label": first["label"],
+                        "prediction_id": ids[0],
+                    },
+                    {"text": "refund please", "label": wrong, "prediction_id": ids[1]},
+                ]
+            },
+        )
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 15  # the ids reach the store at the next flush (1 s)
+        while True:
+            live = c.get("/models").json()["live_accuracy"].get(served["version"])
+            if live or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert live == {"labeled": 2, "correct": 1, "accuracy": 0.5}
+        metrics = c.get("/metrics").text
+        assert (
+            f'refit_live_accuracy{{model="default",version="{served["version"]}"}} 0.5' in metrics
+        )
