@@ -269,3 +269,60 @@ def test_no_trainer_is_left_running(fault_server: Server) -> None:
     while trainers(fault_server) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert trainers(fault_server) == []
+
+
+def test_sigterm_drains_in_time_with_slow_and_stuck_clients(tmp_path: Path) -> None:
+    """Clients that trickle their body, or stop sending it, cannot hold the shutdown: each
+    request has REFIT_REQUEST_TIMEOUT_S, which is below the drain time."""
+    import socket
+    import threading
+
+    srv = make_server(
+        tmp_path,
+        REFIT_WORKERS="1",
+        REFIT_REQUEST_TIMEOUT_S="4",
+        REFIT_GRACEFUL_SHUTDOWN_S="20",
+    )
+    srv.start()
+    socks = []
+
+    def slow_client(stop_after: int, trickle: bool) -> None:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+        socks.append(s)
+        body = b'{"texts": ["where is my card"]}'
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:stop_after]
+        )
+        for byte in body[stop_after:] if trickle else b"":
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                return
+            time.sleep(1)
+
+    threads = [
+        threading.Thread(target=slow_client, args=(1, True), daemon=True),
+        threading.Thread(target=slow_client, args=(10, False), daemon=True),
+        threading.Thread(target=slow_client, args=(5, True), daemon=True),
+    ]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        assert srv.proc is not None
+        tree = [
+            psutil.Process(srv.proc.pid),
+            *psutil.Process(srv.proc.pid).children(recursive=True),
+        ]
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        took = time.monotonic() - started
+        assert alive == [], f"still running after {took:.0f} s: {alive}"
+        assert took < 15, f"shutdown took {took:.1f} s with slow clients attached"
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop(signal.SIGKILL)
