@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.serve_bench import banking77_texts, percentile  # noqa: E402
 from tests.cluster.conftest import launch_postgres, launch_s3  # noqa: E402
-from tests.cluster.fleet import launch_fleet  # noqa: E402
+from tests.cluster.fleet import launch_fleet, promotions_under_load  # noqa: E402
 from tests.conftest import banking77_slice, read_banking77  # noqa: E402
 from tests.e2e.conftest import submit, wait_job  # noqa: E402
 
@@ -129,61 +129,15 @@ def claim_latency(fleet, jobs: int) -> list[float]:
     return out
 
 
-def promotions_under_load(fleet, seconds: float, clients: int = 16) -> dict:
-    a, b = fleet.replicas["a"], fleet.replicas["b"]
-    start = fleet.store().aliases("default")[0]["production"]
-    candidates = [fleet.copy_version(start) for _ in range(3)]
-    order = [start, *candidates, candidates[1]]
-    stop = threading.Event()
-    seen: list[list[str]] = [[] for _ in range(clients)]
-    failures: list[str] = []
-    count = [0]
-
-    def client(i: int) -> None:
-        srv = a if i % 2 else b
-        with httpx.Client(base_url=srv.url, timeout=30) as c:
-            while not stop.is_set():
-                try:
-                    r = c.post("/predict", json={"texts": [f"card payment {i}"]})
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-                    continue
-                count[0] += 1
-                if r.status_code != 200:
-                    failures.append(str(r.status_code))
-                    continue
-                v = r.json()["version"]
-                if not seen[i] or seen[i][-1] != v:
-                    seen[i].append(v)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    step = seconds / 5
-    time.sleep(step)
-    for i, version in enumerate(candidates):
-        with (a if i % 2 == 0 else b).client() as c:
-            c.post("/models/promote", json={"version": version}).raise_for_status()
-        time.sleep(step)
-    with b.client() as c:
-        c.post("/models/rollback").raise_for_status()
-    time.sleep(step)
-    stop.set()
-    for t in threads:
-        t.join()
-
-    def in_order(versions: list[str]) -> bool:
-        it = iter(order)
-        return all(v in it for v in versions)
-
+def load_summary(run, seconds: float, clients: int = 16) -> dict:
     return {
         "seconds": seconds,
         "clients": clients,
-        "requests": count[0],
-        "failed": len(failures),
-        "outside_history": sum(v not in order for s in seen for v in s),
-        "clients_out_of_order": sum(not in_order(s) for s in seen),
-        "ended_on_rollback_target": all(s and s[-1] == candidates[1] for s in seen),
+        "requests": run.requests,
+        "failed": len(run.failures),
+        "outside_history": sum(v not in run.order for s in run.seen for v in s),
+        "clients_out_of_order": sum(not run.in_order(s) for s in run.seen),
+        "ended_on_rollback_target": all(s and s[-1] == run.rolled_back_to for s in run.seen),
     }
 
 
@@ -214,7 +168,7 @@ def main() -> int:
             print(f"throughput 1 replica {one}\n           2 replicas {two}", flush=True)
             claims = claim_latency(fleet, args.jobs)
             print(f"claim latency {claims}", flush=True)
-            load = promotions_under_load(fleet, args.load_seconds)
+            load = load_summary(promotions_under_load(fleet, args.load_seconds), args.load_seconds)
             print(f"promotions under load {load}", flush=True)
     finally:
         if s3 is not None:

@@ -8,10 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 
 from bench.swap_under_load import clone_version
@@ -129,3 +132,68 @@ def launch_fleet(
             srv.stop(signal.SIGKILL)
         for w in f.workers:
             w.kill()
+
+
+@dataclass
+class LoadRun:
+    """What clients saw while versions changed under them."""
+
+    order: list[str]  # production history: start, 3 promotions, the rollback target
+    rolled_back_to: str
+    seen: list[list[str]] = field(default_factory=list)  # per client, versions in order
+    failures: list[str] = field(default_factory=list)
+    requests: int = 0
+
+    def in_order(self, versions: list[str]) -> bool:
+        """None skipped back, except across the rollback."""
+        it = iter(self.order)
+        return all(v in it for v in versions)
+
+
+def promotions_under_load(fleet: Fleet, seconds: float, clients: int = 16) -> LoadRun:
+    """`clients` keep-alive clients (half on A, half on B) predict for `seconds` while three
+    promotions and one rollback are sent alternately to A and B."""
+    a, b = fleet.replicas["a"], fleet.replicas["b"]
+    start = fleet.store().aliases("default")[0]["production"]
+    candidates = [fleet.copy_version(start) for _ in range(3)]
+    run = LoadRun(order=[start, *candidates, candidates[1]], rolled_back_to="")
+    run.seen = [[] for _ in range(clients)]
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        srv = a if i % 2 else b
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/predict", json={"texts": [f"card payment {i}"]})
+                except httpx.HTTPError as exc:
+                    run.failures.append(repr(exc))
+                    continue
+                run.requests += 1
+                if r.status_code != 200:
+                    run.failures.append(f"{r.status_code} {r.text[:200]}")
+                    continue
+                v = r.json()["version"]
+                if not run.seen[i] or run.seen[i][-1] != v:
+                    run.seen[i].append(v)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    step = seconds / 5
+    try:
+        time.sleep(step)
+        for i, version in enumerate(candidates):
+            with (a if i % 2 == 0 else b).client() as c:
+                c.post("/models/promote", json={"version": version}).raise_for_status()
+            time.sleep(step)
+        with b.client() as c:
+            r = c.post("/models/rollback")
+            r.raise_for_status()
+            run.rolled_back_to = r.json()["production"]
+        time.sleep(step)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    return run

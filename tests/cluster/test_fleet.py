@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.cluster.conftest import Postgres, SeaweedS3
-from tests.cluster.fleet import Fleet, launch_fleet
+from tests.cluster.fleet import Fleet, launch_fleet, promotions_under_load
 from tests.conftest import banking77_slice, read_banking77
 from tests.e2e.conftest import Server, submit, wait_job
 
@@ -76,56 +76,14 @@ def test_a_retrain_sent_to_a_is_run_by_a_worker_and_served_by_b_within_2s(fleet:
 def test_16_clients_see_only_production_versions_through_promotions_and_a_rollback(
     fleet: Fleet,
 ) -> None:
-    a, b = fleet.replicas["a"], fleet.replicas["b"]
-    start = fleet.store().aliases("default")[0]["production"]
-    candidates = [fleet.copy_version(start) for _ in range(3)]
-    order = [start, *candidates, candidates[1]]  # three promotions, then the rollback
-    stop = threading.Event()
-    seen: list[list[str]] = [[] for _ in range(16)]
-    failures: list[str] = []
-
-    def client(i: int) -> None:
-        srv = a if i % 2 else b
-        with httpx.Client(base_url=srv.url, timeout=30) as c:
-            while not stop.is_set():
-                try:
-                    r = c.post("/predict", json={"texts": [f"card payment {i}"]})
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-                    continue
-                if r.status_code != 200:
-                    failures.append(f"{r.status_code} {r.text[:200]}")
-                    continue
-                v = r.json()["version"]
-                if not seen[i] or seen[i][-1] != v:
-                    seen[i].append(v)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(2)
-        for i, version in enumerate(candidates):
-            with (a if i % 2 == 0 else b).client() as c:
-                r = c.post("/models/promote", json={"version": version})
-                assert r.status_code == 200, r.text
-            time.sleep(4)
-        with b.client() as c:
-            r = c.post("/models/rollback")
-            assert r.status_code == 200, r.text
-            assert r.json()["production"] == candidates[1]
-        time.sleep(4)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-    assert failures == []
-    for versions in seen:
+    run = promotions_under_load(fleet, seconds=20)
+    assert run.rolled_back_to == run.order[2]  # production was the second promotion
+    assert run.failures == []
+    for versions in run.seen:
         # each client's versions follow the production history in order (none skipped
         # back, except across the rollback)
-        it = iter(order)
-        assert all(v in it for v in versions), (versions, order)
-    assert {v[-1] for v in seen} == {candidates[1]}
+        assert run.in_order(versions), (versions, run.order)
+    assert {v[-1] for v in run.seen} == {run.order[2]}
 
 
 def test_a_worker_killed_mid_fine_tuning_is_retried_elsewhere_and_publishes_once(
