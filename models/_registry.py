@@ -9,7 +9,7 @@ A version exists once its `metadata.json` exists (written last, with every file'
 On a folder every observable change is one `os.rename`/`os.replace` of something complete and
 fsynced, so a crash leaves either no version or a complete one.
 
-Aliases (production/previous) live in an `AliasStore`: `FileAliases` (`<root>/<name>/
+Aliases (production/previous/shadow) live in an `AliasStore`: `FileAliases` (`<root>/<name>/
 aliases.json`, for a registry used as a library) or the service's database
 (`service.state`), always moved by compare-and-set so that two promotions cannot interleave.
 """
@@ -43,7 +43,7 @@ from models._metadata import ModelMetadata
 
 METADATA_FILE = "metadata.json"
 ALIASES_FILE = "aliases.json"
-ALIASES = ("production", "previous")
+ALIASES = ("production", "previous", "shadow")
 _STAGING_PREFIX = ".staging-"
 _STALE_STAGING_S = 6 * 3600
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -123,7 +123,7 @@ class Staging:
 
 
 class AliasStore(Protocol):
-    """Where production/previous live. `read` returns the aliases and a token that changes
+    """Where production/previous/shadow live. `read` returns the aliases and a token that changes
     whenever they do; `compare_and_set` writes only if the token is still `expected`."""
 
     def read(self, name: str) -> tuple[dict[str, str], Any]: ...
@@ -361,9 +361,48 @@ class Registry:
             current = aliases.get("production")
             if current == version:
                 return None
-            return {"production": version, **({"previous": current} if current else {})}
+            shadow = aliases.get("shadow")
+            return {
+                "production": version,
+                **({"previous": current} if current else {}),
+                **({"shadow": shadow} if shadow and shadow != version else {}),
+            }
 
         return self._move_aliases(validate_model_name(name), change)
+
+    def shadow(self, name: str, version: str) -> dict[str, str]:
+        """Load `version` beside production to score live traffic (it answers nobody);
+        replaces any earlier shadow."""
+        version = self.resolve(name, version)
+        self.verify(name, version)
+
+        def change(aliases: dict[str, str]) -> dict[str, str] | None:
+            if aliases.get("production") in (None, version):
+                raise RegistryError(
+                    f"{name}/{version} cannot shadow: it is production, or there is no"
+                    " production version to compare with; promote it instead"
+                )
+            return {**aliases, "shadow": version}
+
+        return self._move_aliases(validate_model_name(name), change)
+
+    def end_shadow(self, name: str, version: str, *, promote: bool) -> dict[str, str] | None:
+        """Promote the shadow `version` or drop it; None when it is no longer the shadow
+        (another replica decided first, or an operator changed the aliases)."""
+        done: list[dict[str, str]] = []
+
+        def change(aliases: dict[str, str]) -> dict[str, str] | None:
+            done.clear()
+            if aliases.get("shadow") != version:
+                return None
+            rest = {k: v for k, v in aliases.items() if k != "shadow"}
+            if promote:
+                rest = {"production": version, "previous": aliases["production"]}
+            done.append(rest)
+            return rest
+
+        self._move_aliases(validate_model_name(name), change)
+        return done[0] if done else None
 
     def rollback(self, name: str) -> dict[str, str]:
         """Swap `production` and `previous` (a second rollback undoes the first)."""
@@ -380,7 +419,9 @@ class Registry:
             if previous not in checked:
                 self.verify(name, previous)
                 checked.add(previous)
-            return {"production": previous, "previous": aliases["production"]}
+            kept = aliases.get("shadow")
+            shadow = {"shadow": kept} if kept and kept != previous else {}
+            return {"production": previous, "previous": aliases["production"], **shadow}
 
         return self._move_aliases(name, change)
 

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import sys
 import time
 import uuid
+from collections import deque
 from typing import Any, Literal
 
 import bentoml
@@ -28,6 +30,7 @@ from models import CorruptVersionError, RegistryError, RegistryUnavailable
 from service import metrics
 from service.drift import drift_report
 from service.middleware import (
+    BoundedMetricsMiddleware,
     DeadlineMiddleware,
     ErrorShapeMiddleware,
     LimitsAndAuthMiddleware,
@@ -115,6 +118,22 @@ class Refit:
             max_latency_ms=self.settings.max_latency_ms,
             on_batch=self._record_batch,
         )
+        # a challenger that passed the offline gate, scoring a sample of live traffic
+        self.shadow_holder = ModelHolder(
+            self.registry,
+            self.settings.model_name,
+            threads=1,  # leaves the other cores to production
+            graph_optimization=self.settings.graph_optimization,
+            device=self.settings.device,
+            alias="shadow",
+        )
+        self.shadow_batcher = MicroBatcher(
+            self.shadow_holder,
+            max_texts=self.settings.max_batch_texts,
+            max_latency_ms=self.settings.max_latency_ms,
+        )
+        self._shadow_busy = 0  # texts queued or running in the shadow batcher
+        self._shadow_latency: deque[tuple[float, float]] = deque(maxlen=2000)
         self._served: LoadedModel | None = None
         self._background: set[asyncio.Task] = set()
         # live traffic, flushed to the store every REFIT_TRIGGER_POLL_S
@@ -128,6 +147,13 @@ class Refit:
             backoff_s=self.settings.retrain_backoff_s,
         )
         self._swap(force=True)
+        metrics.KEEP_VERSIONS = self._versions_to_expose
+
+    def _versions_to_expose(self) -> dict[str, set[str]]:
+        name = self.settings.model_name
+        keep = set(self.registry.aliases(name).values())
+        keep.update(m.version for m in (self.holder.model, self.shadow_holder.model) if m)
+        return {name: keep}
 
     # -- lifecycle -------------------------------------------------------------------------
     def __is_ready__(self) -> bool:
@@ -199,6 +225,8 @@ class Refit:
                 live = {}
             for version, row in live.items():
                 metrics.LIVE_ACCURACY.labels(name, version).set(row["accuracy"])
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.to_thread(self._judge_shadow)
         report = await asyncio.to_thread(self._drift)
         if report is not None and report["label_js_divergence"] is not None:
             metrics.DRIFT_JS.labels(name, report["version"]).set(report["label_js_divergence"])
@@ -236,6 +264,10 @@ class Refit:
         )
 
     def _swap(self, force: bool = False) -> None:
+        try:
+            self.shadow_holder.refresh()
+        except Exception:  # the shadow never gets in production's way
+            log.exception("shadow refresh failed")
         if not self.holder.refresh() and not force:
             return
         model = self.holder.model
@@ -297,19 +329,23 @@ class Refit:
                 self.holder.error or "no model loaded yet",
                 fix="train one: POST /retrain/submit",
             )
+        started = time.perf_counter()
         model, probs = await self.batcher.submit(texts)
+        seconds = time.perf_counter() - started
         k = min(top_k, len(model.labels))
         top = np.argsort(-probs, axis=1)[:, :k]
         predictions = []
         now = time.time()
         request_id = uuid.uuid4().hex[:16]
         keep_ids = self.settings.prediction_window > 0 and len(self._served_ids) < 50_000
+        shadowed = self._shadow_sample(len(texts))
+        served_rows = self._served_ids if not shadowed else []
         for i, (text, row, order) in enumerate(zip(texts, probs, top, strict=True)):
             best = model.labels[int(order[0])]
             score = float(row[order[0]])
             prediction_id = f"{request_id}.{i}"
-            if keep_ids:
-                self._served_ids.append(
+            if keep_ids or shadowed:
+                served_rows.append(
                     (prediction_id, model.name, model.version, best, round(score, 6), now)
                 )
             metrics.PREDICTIONS.labels(model.name, model.version, best).inc()
@@ -329,6 +365,12 @@ class Refit:
                     ],
                 }
             )
+        if shadowed:
+            task = asyncio.get_running_loop().create_task(
+                self._shadow_score(texts, served_rows, seconds, keep_ids)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         if self.settings.log_texts:
             log.info("predict %r -> %s", texts, [p["label"] for p in predictions])
         return JSONResponse(
@@ -340,6 +382,107 @@ class Refit:
             },
         )
 
+    # -- shadow scoring ----------------------------------------------------------------------
+    def _shadow_sample(self, n: int) -> bool:
+        """Whether the shadow also scores this request: a loaded shadow, the sampled share,
+        and room in its queue (a busy shadow skips rather than slow production down)."""
+        if self.shadow_holder.model is None or random.random() >= self.settings.shadow_fraction:
+            return False
+        if self._shadow_busy + n > self.settings.max_batch_texts:
+            metrics.SHADOW_SKIPPED.labels(self.settings.model_name).inc()
+            return False
+        self._shadow_busy += n
+        return True
+
+    async def _shadow_score(
+        self, texts: list[str], rows: list[tuple[Any, ...]], production_s: float, keep: bool
+    ) -> None:
+        """Score a request production already answered; record the shadow's labels beside
+        production's (what feedback is later compared with)."""
+        started = time.perf_counter()
+        try:
+            shadow, probs = await self.shadow_batcher.submit(texts)
+        except Exception as exc:  # unloaded meanwhile, or failed: production is unaffected
+            log.debug("shadow scoring skipped: %s", exc)
+            shadow = None
+        finally:
+            self._shadow_busy -= len(texts)
+        if shadow is None:
+            if keep:
+                self._served_ids.extend(rows)
+            return
+        seconds = time.perf_counter() - started
+        best = probs.argmax(axis=1)
+        scored = [
+            (*row, shadow.version, shadow.labels[int(j)], round(float(p[j]), 6))
+            for row, j, p in zip(rows, best, probs, strict=True)
+        ]
+        if keep:
+            self._served_ids.extend(scored)
+        agreed = sum(row[3] == row[7] for row in scored)
+        metrics.SHADOW_SCORED.labels(shadow.name, shadow.version).inc(len(scored))
+        metrics.SHADOW_AGREED.labels(shadow.name, shadow.version).inc(agreed)
+        metrics.SHADOW_LATENCY.labels(shadow.name, "production").observe(production_s)
+        metrics.SHADOW_LATENCY.labels(shadow.name, "shadow").observe(seconds)
+        self._shadow_latency.append((production_s, seconds))
+
+    def _judge_shadow(self) -> dict[str, Any] | None:
+        """Promote the shadow once it is not worse than production on enough linked
+        feedback (`REFIT_SHADOW_MIN_LABELED`), or drop it. Every worker of every replica
+        may judge; the alias compare-and-set lets exactly one decision through."""
+        name = self.settings.model_name
+        aliases = self.registry.aliases(name)
+        production, shadow = aliases.get("production"), aliases.get("shadow")
+        if not production or not shadow:
+            return None
+        report = self.store.shadow_report(name, production, shadow)
+        if report["labeled"] < self.settings.shadow_min_labeled:
+            return None
+        tolerance = self.settings.promotion_tolerance
+        better = report["shadow_accuracy"] >= report["production_accuracy"] - tolerance
+        if self.registry.end_shadow(name, shadow, promote=better) is None:
+            return None  # decided elsewhere first
+        decision = {
+            "version": shadow,
+            "against": production,
+            "outcome": "promoted" if better else "dropped",
+            "reason": f"live accuracy {report['shadow_accuracy']:.4f} vs production"
+            f" {report['production_accuracy']:.4f} on the same {report['labeled']} labeled"
+            f" predictions (tolerance {tolerance:g})",
+            "report": report,
+            "at": time.time(),
+        }
+        self.store.record_shadow_decision(name, decision)
+        metrics.SHADOW_DECISIONS.labels(name, decision["outcome"]).inc()
+        log.info("shadow %s/%s %s: %s", name, shadow, decision["outcome"], decision["reason"])
+        return decision
+
+    def _shadow_view(self, aliases: dict[str, str]) -> dict[str, Any]:
+        shadow, production = aliases.get("shadow"), aliases.get("production")
+        lat = list(self._shadow_latency)
+
+        def ms(values: list[float], q: float) -> float | None:
+            return round(float(np.percentile(values, q)) * 1000, 2) if values else None
+
+        prod, shad = [p for p, _ in lat], [s for _, s in lat]
+        return {
+            "version": shadow,
+            "fraction": self.settings.shadow_fraction,
+            "promote_after_labeled": self.settings.shadow_min_labeled,
+            "loaded_here": (m.version if (m := self.shadow_holder.model) else None),
+            "live": self.store.shadow_report(self.settings.model_name, production, shadow)
+            if shadow and production
+            else None,
+            "latency_this_worker": {
+                "samples": len(lat),
+                "production_p50_ms": ms(prod, 50),
+                "production_p99_ms": ms(prod, 99),
+                "shadow_p50_ms": ms(shad, 50),
+                "shadow_p99_ms": ms(shad, 99),
+            },
+            "last_decision": self.store.shadow_decision(self.settings.model_name),
+        }
+
     # -- retraining ------------------------------------------------------------------------
     @bentoml.task
     async def retrain(
@@ -347,7 +490,7 @@ class Refit:
         examples: list[Example] | None = None,
         strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto",
         mode: Literal["append", "replace"] = "append",
-        promote: Literal["auto", "always", "never"] = "auto",
+        promote: Literal["auto", "always", "never", "shadow"] = "auto",
         job_id: str = "",
     ) -> dict[str, Any]:
         """Retrain on stored + new examples (mode=append) or on the new ones only (replace).
@@ -484,6 +627,7 @@ class Refit:
             "model": name,
             "production": aliases.get("production"),
             "previous": aliases.get("previous"),
+            "shadow": self._shadow_view(aliases),
             "retrain_policy": {
                 "auto_retrain": self.settings.auto_retrain,
                 **self.policy.to_dict(),
@@ -517,8 +661,19 @@ class Refit:
     def promote(self, body: PromoteRequest) -> Any:
         """Make a version production (auth required when REFIT_API_TOKEN is set)."""
         name = self.settings.model_name
+        shadow = self.registry.aliases(name).get("shadow")
         try:
             aliases = self.registry.promote(name, body.version)
+            if shadow is not None and aliases.get("production") == shadow:
+                self.store.record_shadow_decision(
+                    name,
+                    {
+                        "version": shadow,
+                        "outcome": "promoted",
+                        "reason": "promoted on request (POST /models/promote)",
+                        "at": time.time(),
+                    },
+                )
         except RegistryUnavailable as exc:
             # The alias is the database's; the files are checked by every replica before it
             # loads them, so the promotion can wait for the registry to come back.
@@ -665,3 +820,4 @@ Refit.add_asgi_middleware(DeadlineMiddleware, settings=SETTINGS)
 Refit.add_asgi_middleware(ErrorShapeMiddleware)
 Refit.add_asgi_middleware(LimitsAndAuthMiddleware, settings=SETTINGS)
 Refit.add_asgi_middleware(RetrainSubmitMiddleware, settings=SETTINGS)
+Refit.add_asgi_middleware(BoundedMetricsMiddleware)

@@ -1,9 +1,13 @@
 """Prometheus metrics (prometheus_client; BentoML aggregates them across workers).
 
-Label values are bounded: model name, version and the model's own labels.
+Label values are bounded: model name, the model's own labels, and versions — only those
+aliased (production, previous, shadow) or still loaded are exposed (see `exposition`).
 """
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -86,3 +90,82 @@ CHALLENGERS_REJECTED = Counter(
     "Finished jobs whose version the promotion gate kept as a candidate",
     ["model", "source"],
 )
+SHADOW_SCORED = Counter(
+    "refit_shadow_scored",
+    "Live texts the shadow version also scored (its answers reach nobody)",
+    ["model", "version"],
+)
+SHADOW_AGREED = Counter(
+    "refit_shadow_agreed",
+    "Shadow-scored texts where the shadow's top label matched production's",
+    ["model", "version"],
+)
+SHADOW_SKIPPED = Counter(
+    "refit_shadow_skipped",
+    "Sampled requests the shadow did not score because it was still busy (protects p99)",
+    ["model"],
+)
+SHADOW_LATENCY = Histogram(
+    "refit_shadow_latency_seconds",
+    "Queue + inference time of the same sampled requests, production vs shadow",
+    ["model", "role"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+SHADOW_DECISIONS = Counter(
+    "refit_shadow_decisions", "Shadow versions promoted or dropped", ["model", "outcome"]
+)
+
+
+class _KeepVersions:
+    """Drops the per-version series of versions that are neither aliased nor loaded.
+
+    BentoML runs the workers with prometheus_client's multiprocess mode, where a series
+    lives in each worker's mmap file and `labels(...).remove()` in one worker does not reach
+    what the collector reads. So the bound is applied where the series are exposed: every
+    series with a `version` label of a model in `keep` is shown only for the versions kept
+    (production, previous and shadow aliases, and whatever a worker still has loaded).
+    """
+
+    def __init__(self, source: Any, keep: dict[str, set[str]]) -> None:
+        self.source = source
+        self.keep = keep
+
+    def collect(self) -> Any:
+        for metric in self.source.collect():
+            metric.samples = [
+                s
+                for s in metric.samples
+                if "version" not in s.labels
+                or s.labels.get("model") not in self.keep
+                or s.labels["version"] in self.keep[s.labels["model"]]
+            ]
+            if metric.type == "histogram":  # exposition order: buckets, then count and sum
+                metric.samples.sort(key=_histogram_order)
+            yield metric
+
+
+def _histogram_order(sample: Any) -> tuple:
+    labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+    if sample.name.endswith("_bucket"):
+        return labels, 0, float(sample.labels.get("le", 0))
+    return labels, 1 if sample.name.endswith("_count") else 2, 0.0
+
+
+def exposition(keep: dict[str, set[str]]) -> tuple[bytes, str]:
+    """The Prometheus text for all workers (multiprocess mode, as BentoML's own /metrics)
+    with stale versions left out; returns (body, content type)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        source: Any = MultiProcessCollector(None)
+    else:
+        source = REGISTRY
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_KeepVersions(source, keep))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# Set by the service in each worker: () -> {model: versions whose series stay exposed}.
+KEEP_VERSIONS: Any = None

@@ -534,3 +534,46 @@ class _Reject(Exception):
         self.message = message
         self.extra = extra
         super().__init__(message)
+
+
+class BoundedMetricsMiddleware:
+    """`GET /metrics` without the series of versions nothing serves or points to any more
+    (`service.metrics.exposition`). Until the service has told which versions to keep
+    (`metrics.KEEP_VERSIONS`), or when that fails (the store is away), BentoML's own
+    handler answers with everything."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from service import metrics
+
+        keep_versions = metrics.KEEP_VERSIONS
+        if (
+            scope["type"] != "http"
+            or scope["path"] != "/metrics"
+            or scope["method"] not in ("GET", "HEAD")
+            or keep_versions is None
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            keep = await asyncio.to_thread(keep_versions)
+            body, content_type = await asyncio.to_thread(metrics.exposition, keep)
+        except Exception as exc:
+            log.warning("metrics not filtered by version (%s); exposing every series", exc)
+            await self.app(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )

@@ -106,10 +106,18 @@ class ModelHolder:
     """
 
     def __init__(
-        self, registry: Registry, name: str, *, threads: int, graph_optimization: str, device: str
+        self,
+        registry: Registry,
+        name: str,
+        *,
+        threads: int,
+        graph_optimization: str,
+        device: str,
+        alias: str = "production",
     ) -> None:
         self.registry = registry
         self.name = name
+        self.alias = alias  # production, or shadow (unloaded when the alias goes away)
         self._load_kwargs = {
             "threads": threads,
             "graph_optimization": graph_optimization,
@@ -148,9 +156,14 @@ class ModelHolder:
             return False
         self._seen = stamp
         try:
-            target = self.registry.resolve(self.name, "production")
+            target = self.registry.resolve(self.name, self.alias)
         except (RegistryError, LookupError):
-            self.error = f"model {self.name!r} has no production version yet"
+            self.error = f"model {self.name!r} has no {self.alias} version yet"
+            if self.alias != "production" and self.model is not None:
+                with self._lock:  # the shadow was promoted or dropped: free its memory
+                    self._model = None
+                log.info("stopped %s scoring of %s", self.alias, self.name)
+                return True
             return False
         current = self.model
         if current is not None and current.version == target:
@@ -188,7 +201,7 @@ class ModelHolder:
         self.error = None
         self.fetch_error = None
         self.swaps += 1
-        log.info("now serving %s/%s", self.name, loaded.version)
+        log.info("now serving %s/%s as %s", self.name, loaded.version, self.alias)
         try:  # cached copies of versions nothing points to (remote registries)
             keep = {loaded.version, *self.registry.aliases(self.name).values()}
             self.registry.prune_cache(self.name, keep)

@@ -20,7 +20,7 @@ class RetrainRequest(BaseModel):
     examples: list[Example] = Field(min_length=1)
     strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto"
     mode: Literal["append", "replace"] = "append"
-    promote: Literal["auto", "always", "never"] = "auto"
+    promote: Literal["auto", "always", "never", "shadow"] = "auto"
 
 
 class FeedbackExample(BaseModel):
@@ -41,7 +41,7 @@ class RetrainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto"
     mode: Literal["append", "replace"] = "append"
-    promote: Literal["auto", "always", "never"] = "auto"
+    promote: Literal["auto", "always", "never", "shadow"] = "auto"
 
 
 class TopLabel(BaseModel):
@@ -65,8 +65,9 @@ class PredictResponse(BaseModel):
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str = Field(
-        pattern=r"^(v\d{8}-\d{6}-\d{6}-[0-9a-f]{4}|production|previous)$",
-        description="a version id (`vYYYYMMDD-HHMMSS-ffffff-xxxx`) or the alias `previous`",
+        pattern=r"^(v\d{8}-\d{6}-\d{6}-[0-9a-f]{4}|production|previous|shadow)$",
+        description="a version id (`vYYYYMMDD-HHMMSS-ffffff-xxxx`) or the alias `previous`"
+        " or `shadow`",
     )
 
 

@@ -118,6 +118,20 @@ class Settings(BaseSettings):
         ge=0,
         description="served predictions kept for feedback to link to by prediction_id (0: none)",
     )
+    promote_via_shadow: bool = Field(
+        False,
+        description="promote=auto (and triggered retrains) put a challenger that passed the"
+        " offline gate in shadow first instead of promoting it",
+    )
+    shadow_fraction: float = Field(
+        0.1, ge=0, le=1, description="share of live requests the shadow version also scores"
+    )
+    shadow_min_labeled: int = Field(
+        200,
+        ge=1,
+        description="linked feedback examples (scored by both) before the shadow is promoted"
+        " (not worse than production) or dropped",
+    )
     request_timeout_s: float = Field(
         20,
         ge=0,

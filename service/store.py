@@ -673,22 +673,32 @@ class Store:
         return interrupted
 
     # -- served predictions, linked to feedback by id ----------------------------------------
-    def add_predictions(
-        self, rows: Sequence[tuple[str, str, str, str, float, float]], *, keep: int
-    ) -> None:
-        """`(id, model, version, label, score, created_at)` of served predictions; only the
-        newest `keep` rows are kept (a bounded window, whatever the traffic)."""
+    def add_predictions(self, rows: Sequence[tuple[Any, ...]], *, keep: int) -> None:
+        """`(id, model, version, label, score, created_at[, shadow_version, shadow_label,
+        shadow_score])` of served predictions (the shadow's answer when one scored it); only
+        the newest `keep` rows are kept (a bounded window, whatever the traffic)."""
         if not rows:
             return
         with self._tx() as db:
             db.execute(
                 _q(
-                    "INSERT INTO predictions (id, model, version, label, score, created_at) "
-                    "VALUES (:id, :m, :v, :l, :s, :at) ON CONFLICT (id) DO NOTHING"
+                    "INSERT INTO predictions (id, model, version, label, score, created_at,"
+                    " shadow_version, shadow_label, shadow_score)"
+                    " VALUES (:id, :m, :v, :l, :s, :at, :sv, :sl, :ss) ON CONFLICT (id) DO NOTHING"
                 ),
                 [
-                    {"id": i, "m": m, "v": v, "l": label, "s": score, "at": at}
-                    for i, m, v, label, score, at in rows
+                    {
+                        "id": row[0],
+                        "m": row[1],
+                        "v": row[2],
+                        "l": row[3],
+                        "s": row[4],
+                        "at": row[5],
+                        "sv": row[6] if len(row) > 6 else None,
+                        "sl": row[7] if len(row) > 6 else None,
+                        "ss": row[8] if len(row) > 6 else None,
+                    }
+                    for row in rows
                 ],
             )
             db.execute(
@@ -697,6 +707,55 @@ class Store:
                     "(SELECT COALESCE(MAX(seq), 0) FROM predictions) - :keep"
                 ),
                 {"keep": keep},
+            )
+
+    def shadow_report(self, model: str, production: str, shadow: str) -> dict[str, Any]:
+        """Production and shadow side by side on the same served predictions (the window):
+        how many the shadow scored, how often it agreed, and — on those with linked
+        feedback — how many each got right."""
+        with self._read() as db:
+            scored, agreed = db.execute(
+                _q(
+                    "SELECT COUNT(*), SUM(CASE WHEN label = shadow_label THEN 1 ELSE 0 END)"
+                    " FROM predictions WHERE model=:m AND version=:p AND shadow_version=:s"
+                ),
+                {"m": model, "p": production, "s": shadow},
+            ).one()
+            labeled, prod_ok, shadow_ok = db.execute(
+                _q(
+                    "SELECT COUNT(*), SUM(CASE WHEN p.label = e.label THEN 1 ELSE 0 END),"
+                    " SUM(CASE WHEN p.shadow_label = e.label THEN 1 ELSE 0 END)"
+                    " FROM examples e JOIN batches b ON e.batch_id = b.id"
+                    " JOIN predictions p ON p.id = e.prediction_id"
+                    " WHERE b.model = :m AND b.source = 'feedback' AND p.model = :m"
+                    " AND p.version = :p AND p.shadow_version = :s"
+                ),
+                {"m": model, "p": production, "s": shadow},
+            ).one()
+        scored, labeled = int(scored or 0), int(labeled or 0)
+        return {
+            "scored": scored,
+            "agreement": round(int(agreed or 0) / scored, 4) if scored else None,
+            "labeled": labeled,
+            "production_correct": int(prod_ok or 0),
+            "shadow_correct": int(shadow_ok or 0),
+            "production_accuracy": round(int(prod_ok or 0) / labeled, 4) if labeled else None,
+            "shadow_accuracy": round(int(shadow_ok or 0) / labeled, 4) if labeled else None,
+        }
+
+    def shadow_decision(self, model: str) -> dict[str, Any] | None:
+        """The last decision about a shadow version (promoted or dropped), if any."""
+        with self._read() as db:
+            raw = db.execute(
+                _q("SELECT shadow_decision FROM aliases WHERE model=:m"), {"m": model}
+            ).scalar()
+        return json.loads(raw) if raw else None
+
+    def record_shadow_decision(self, model: str, decision: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                _q("UPDATE aliases SET shadow_decision=:d WHERE model=:m"),
+                {"m": model, "d": json.dumps(decision)},
             )
 
     def live_accuracy(self, model: str) -> dict[str, dict[str, Any]]:
@@ -863,16 +922,17 @@ class Store:
 
     # -- aliases: one source of truth, compare-and-set ----------------------------------------
     def aliases(self, model: str) -> tuple[dict[str, str], int]:
-        """`({"production": V, "previous": V}, generation)`; generation 0: never set."""
+        """`({"production": V, "previous": V, "shadow": V}, generation)`; generation 0:
+        never set."""
         with self._read() as db:
             row = db.execute(
-                _q("SELECT production, previous, generation FROM aliases WHERE model=:m"),
+                _q("SELECT production, previous, shadow, generation FROM aliases WHERE model=:m"),
                 {"m": model},
             ).first()
         if row is None:
             return {}, 0
-        found = {"production": row[0], "previous": row[1]}
-        return {k: v for k, v in found.items() if v}, int(row[2])
+        found = {"production": row[0], "previous": row[1], "shadow": row[2]}
+        return {k: v for k, v in found.items() if v}, int(row[3])
 
     def alias_generation(self, model: str) -> int:
         with self._read() as db:
@@ -890,6 +950,7 @@ class Store:
             "m": model,
             "p": aliases.get("production"),
             "v": aliases.get("previous"),
+            "s": aliases.get("shadow"),
             "g": expected,
             "now": time.time(),
         }
@@ -897,16 +958,18 @@ class Store:
             if expected == 0:
                 cur = db.execute(
                     _q(
-                        "INSERT INTO aliases (model, production, previous, generation, updated_at) "
-                        "VALUES (:m, :p, :v, 1, :now) ON CONFLICT (model) DO NOTHING"
+                        "INSERT INTO aliases (model, production, previous, shadow, generation,"
+                        " updated_at) VALUES (:m, :p, :v, :s, 1, :now)"
+                        " ON CONFLICT (model) DO NOTHING"
                     ),
                     values,
                 )
             else:
                 cur = db.execute(
                     _q(
-                        "UPDATE aliases SET production=:p, previous=:v, generation=generation+1,"
-                        " updated_at=:now WHERE model=:m AND generation=:g"
+                        "UPDATE aliases SET production=:p, previous=:v, shadow=:s,"
+                        " generation=generation+1, updated_at=:now"
+                        " WHERE model=:m AND generation=:g"
                     ),
                     values,
                 )

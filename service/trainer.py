@@ -183,10 +183,26 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
             if champion_version
             else None
         )
-        promote, why = gate(
-            request.get("promote", "auto"), meta.metrics, champion_m, settings.promotion_tolerance
+        wanted = request.get("promote", "auto")
+        via_shadow = champion_m is not None and (
+            wanted == "shadow" or (wanted == "auto" and settings.promote_via_shadow)
         )
-        if promote:
+        promote, why = gate(
+            "auto" if wanted == "shadow" else wanted,
+            meta.metrics,
+            champion_m,
+            settings.promotion_tolerance,
+        )
+        shadow = False
+        if promote and via_shadow:
+            registry.shadow(job.model, meta.version)
+            promote, shadow = False, True
+            why += (
+                f"; in shadow: scores {settings.shadow_fraction:.0%} of live requests and is"
+                f" promoted when not worse than production on {settings.shadow_min_labeled}"
+                " linked feedback examples (or on an explicit promote)"
+            )
+        elif promote:
             registry.promote(job.model, meta.version)
         outcome = {
             "model": job.model,
@@ -203,6 +219,7 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
             "champion": _metric_summary(champion_m),
             "champion_version": champion_version,
             "promoted": promote,
+            "shadow": shadow,
             "promotion_reason": why,
             "timings": result.timings,
         }

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from models import CorruptVersionError, Registry, VersionNotFoundError
+from models import CorruptVersionError, Registry, RegistryError, VersionNotFoundError
 from models._s3 import S3Storage
 from service.database import current_revision, head_revision
 from service.settings import Settings
@@ -198,6 +198,51 @@ def test_concurrent_promotions_never_interleave(db_url, tmp_path) -> None:
     assert generation == 8  # 1 + 7 promotions, each applied on its own
     assert aliases["production"] in versions[1:] and aliases["previous"] in versions
     assert aliases["production"] != aliases["previous"]
+
+
+def test_shadow_alias_report_and_one_decision(db_url, tmp_path) -> None:
+    store = Store(db_url)
+    registry = Registry(tmp_path / "reg", aliases=DbAliases(store))
+    v1, v2, v3 = (publish(registry) for _ in range(3))
+    with pytest.raises(RegistryError, match="no production version"):
+        registry.shadow("m", v2)
+    registry.promote("m", v1)
+    assert registry.shadow("m", v2) == {"production": v1, "shadow": v2}
+    assert registry.promote("m", v3) == {"production": v3, "previous": v1, "shadow": v2}
+    assert registry.rollback("m") == {"production": v1, "previous": v3, "shadow": v2}
+    # served predictions, some scored by the shadow, and feedback linked to four of them
+    now = time.time()
+    rows = [
+        ("r1.0", "m", v1, "a", 0.9, now, v2, "a", 0.8),
+        ("r1.1", "m", v1, "b", 0.9, now, v2, "a", 0.7),
+        ("r2.0", "m", v1, "a", 0.9, now, v2, "b", 0.6),
+        ("r3.0", "m", v1, "b", 0.9, now),  # not sampled
+        ("r4.0", "m", v1, "b", 0.9, now, v2, "b", 0.9),
+    ]
+    store.add_predictions(rows, keep=100)
+    store.add_feedback("m", [("t1", "a", "r1.0"), ("t2", "a", "r1.1"), ("t3", "b", "r2.0")])
+    store.add_feedback("m", [("t4", "b", "r3.0"), ("t5", "b", "r4.0")])
+    report = store.shadow_report("m", v1, v2)
+    assert report == {
+        "scored": 4,
+        "agreement": 0.5,
+        "labeled": 4,
+        "production_correct": 2,  # r1.0, r4.0
+        "shadow_correct": 4,
+        "production_accuracy": 0.5,
+        "shadow_accuracy": 1.0,
+    }
+    assert store.live_accuracy("m")[v1] == {"labeled": 5, "correct": 3, "accuracy": 0.6}
+    # two replicas judging at once: exactly one moves the aliases
+    other = Registry(tmp_path / "reg", aliases=DbAliases(Store(db_url, migrate=False)))
+    first = registry.end_shadow("m", v2, promote=True)
+    second = other.end_shadow("m", v2, promote=True)
+    assert first == {"production": v2, "previous": v1} and second is None
+    assert store.aliases("m")[0] == {"production": v2, "previous": v1}
+    store.record_shadow_decision("m", {"version": v2, "outcome": "promoted"})
+    assert store.shadow_decision("m") == {"version": v2, "outcome": "promoted"}
+    registry.shadow("m", v3)
+    assert registry.end_shadow("m", v3, promote=False) == {"production": v2, "previous": v1}
 
 
 def test_a_stopped_database_gives_store_unavailable_then_recovers(postgres) -> None:
