@@ -696,6 +696,39 @@ class Refit:
             return error(409, str(exc))
         return {"model": name, **aliases}
 
+    @admin.post("/models/shadow", responses=error_responses(400, 401, 404, 409, 413, 503))
+    def start_shadow(self, body: PromoteRequest) -> Any:
+        """Load a version beside production to score a sample of live traffic
+        (REFIT_SHADOW_FRACTION) without answering anyone; it is promoted once it is not
+        worse on REFIT_SHADOW_MIN_LABELED linked feedback examples (auth required)."""
+        name = self.settings.model_name
+        try:
+            aliases = self.registry.shadow(name, body.version)
+        except LookupError as exc:
+            return error(404, str(exc))
+        except RegistryError as exc:
+            return error(409, str(exc))
+        return {"model": name, **aliases}
+
+    @admin.post("/models/shadow/stop", responses=error_responses(401, 409, 413, 503))
+    def stop_shadow(self) -> Any:
+        """Stop shadow scoring without promoting (auth required)."""
+        name = self.settings.model_name
+        shadow = self.registry.aliases(name).get("shadow")
+        aliases = self.registry.end_shadow(name, shadow, promote=False) if shadow else None
+        if aliases is None:
+            return error(409, f"model {name!r} has no shadow version")
+        self.store.record_shadow_decision(
+            name,
+            {
+                "version": shadow,
+                "outcome": "dropped",
+                "reason": "stopped on request",
+                "at": time.time(),
+            },
+        )
+        return {"model": name, **aliases}
+
     @admin.post("/models/rollback", responses=error_responses(401, 409, 413, 503))
     def rollback(self) -> Any:
         """Swap production and previous (auth required when REFIT_API_TOKEN is set)."""

@@ -33,7 +33,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-PROTECTED = ("/retrain", "/models/promote", "/models/rollback", "/feedback")
+PROTECTED = ("/retrain", "/models/promote", "/models/rollback", "/models/shadow", "/feedback")
 PREDICT_FIELDS = {"texts", "top_k"}
 MAX_JSON_DEPTH = 32  # the deepest schema (retrain examples) needs 3
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')

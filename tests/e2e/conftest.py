@@ -63,11 +63,22 @@ class Server:
                 raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.tail()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self._wait_for_workers(deadline)
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"service not ready after {timeout} s:\n{self.tail()}")
+
+    def _wait_for_workers(self, deadline: float) -> None:
+        """Ready means one worker is; tests that spread requests need every worker up."""
+        expected = int(self.env.get("REFIT_WORKERS", "1"))
+        pids: set[int] = set()
+        while len(pids) < expected and time.monotonic() < deadline:
+            r = httpx.get(f"{self.url}/models", headers={"Connection": "close"}, timeout=10)
+            if r.status_code == 200:
+                pids.add(r.json()["serving"]["worker_pid"])
+            time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """SIGTERM: graceful; SIGKILL: the launcher, BentoML's arbiter, workers and trainers

@@ -181,3 +181,16 @@ def test_a_shadow_scores_live_traffic_then_is_judged_on_linked_feedback(
         exposed = versions_in_metrics(c.get("/metrics").text)
         assert aliases["production"] in exposed
         assert exposed <= kept, f"stale versions still exposed: {exposed - kept}"
+
+        # by hand: shadow a kept version, stop it; both need the token
+        assert httpx.post(
+            f"{shadow_server.url}/models/shadow", json={"version": aliases["previous"]}
+        ).status_code in (401, 403)
+        r = c.post("/models/shadow", json={"version": aliases["previous"]})
+        assert r.status_code == 200 and r.json()["shadow"] == aliases["previous"], r.text
+        r = c.post("/models/shadow", json={"version": aliases["production"]})
+        assert r.status_code == 409 and "promote it instead" in r.json()["error"]
+        assert c.post("/models/shadow/stop").status_code == 200
+        r = c.post("/models/shadow/stop")
+        assert r.status_code == 409 and "no shadow version" in r.json()["error"]
+        assert c.get("/models").json()["shadow"]["last_decision"]["reason"] == "stopped on request"
