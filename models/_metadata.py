@@ -68,6 +68,15 @@ class QuantizationReport(_Frozen):
     argmax_agreement: float
     max_abs_diff: float
     examples: int
+    file: str | None = Field(
+        "model.onnx",
+        description="the int8 graph (None: not kept); versions before the policy replaced model.onnx",
+    )
+    policy: Literal["auto", "always", "legacy"] = "legacy"
+    fp32_macro_f1: float | None = Field(None, description="validation macro-F1 of model.onnx")
+    int8_macro_f1: float | None = Field(None, description="validation macro-F1 of the int8 graph")
+    served_on_cpu: bool = True
+    reason: str = ""
 
 
 class ModelMetadata(_Frozen):

@@ -110,7 +110,16 @@ class ModelVersion:
 
     @property
     def onnx_path(self) -> Path:
+        """The fp32 graph: the reference every metric and parity check is about."""
         return self.path / "model.onnx"
+
+    def graph_path(self, *, cuda: bool, allow_int8: bool = True) -> Path:
+        """What to serve: the int8 graph on CPU when the quantization policy chose it,
+        otherwise (and on CUDA) `model.onnx`."""
+        q = self.metadata.quantization
+        if not cuda and allow_int8 and q is not None and q.served_on_cpu and q.file:
+            return self.path / q.file
+        return self.onnx_path
 
 
 @dataclass(frozen=True)

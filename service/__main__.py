@@ -41,7 +41,12 @@ def _first_model(settings, store, registry) -> None:
 
     dataset = load_dataset(data)
     # feature extraction: a first start should take seconds, not minutes
-    config = TrainConfig(name=settings.model_name, strategy="feature_extraction", promote=True)
+    config = TrainConfig(
+        name=settings.model_name,
+        strategy="feature_extraction",
+        promote=True,
+        quantize=settings.quantize,
+    )
     result = train(dataset, config, registry=registry)
     # The first model's examples become the stored dataset: feedback and `append` retrains
     # build on them rather than starting over.

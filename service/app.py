@@ -37,7 +37,7 @@ from service.middleware import (
     RetrainSubmitMiddleware,
     format_errors,
 )
-from service.runtime import LoadedModel, MicroBatcher, ModelHolder
+from service.runtime import LoadedModel, MicroBatcher, ModelHolder, release_memory
 from service.schemas import (
     Example,
     FeedbackRequest,
@@ -96,7 +96,15 @@ def warn_if_open(settings: Settings) -> bool:
 @bentoml.service(
     name="refit",
     workers=SETTINGS.workers,
-    traffic={"timeout": max(3600, int(SETTINGS.time_budget_s * 2))},
+    # BentoML's timeout keeps a timer per request — holding the request's context (spans
+    # and all, ~4-10 KB) — until it expires, answered or not: an hour of that grew a worker
+    # by ~0.2 MB/s under moderate load. The request deadline (DeadlineMiddleware) answers
+    # first, so BentoML's only needs to be a little longer than it.
+    traffic={
+        "timeout": int(SETTINGS.request_timeout_s) + 5
+        if SETTINGS.request_timeout_s
+        else max(3600, int(SETTINGS.time_budget_s * 2))
+    },
     endpoints={"livez": "/livez", "readyz": "/readyz"},
 )
 @bentoml.asgi_app(admin, path="/")
@@ -111,6 +119,7 @@ class Refit:
             threads=self.settings.threads,
             graph_optimization=self.settings.graph_optimization,
             device=self.settings.device,
+            allow_int8=self.settings.quantize != "never",
         )
         self.batcher = MicroBatcher(
             self.holder,
@@ -126,6 +135,7 @@ class Refit:
             graph_optimization=self.settings.graph_optimization,
             device=self.settings.device,
             alias="shadow",
+            allow_int8=self.settings.quantize != "never",
         )
         self.shadow_batcher = MicroBatcher(
             self.shadow_holder,
@@ -285,6 +295,9 @@ class Refit:
             if conf is not None:
                 metrics.VALIDATION_CONFIDENCE.labels(model.name, model.version).set(conf)
         self._served = model
+        if old is not None and old is not model:
+            del old
+            release_memory()  # the replaced session's weights, back to the OS
 
     @staticmethod
     def _record_batch(model: LoadedModel, size: int, seconds: float) -> None:
@@ -618,6 +631,13 @@ class Refit:
                 data={"count": meta.data.count, "sha256": meta.data.sha256},
                 backbone=meta.backbone.name,
                 quantized=meta.quantized,
+                quantization=(
+                    meta.quantization.model_dump(
+                        include={"served_on_cpu", "fp32_macro_f1", "int8_macro_f1", "reason"}
+                    )
+                    if meta.quantization
+                    else None
+                ),
                 parent_version=meta.parent_version,
             )
             versions.append(row)
@@ -638,6 +658,7 @@ class Refit:
             "serving": {
                 "version": served.version if served else None,
                 "provider": served.provider if served else None,
+                "graph": served.graph if served else None,
                 "worker_pid": os.getpid(),
                 "error": self.holder.error,
                 "fetch_error": self.holder.fetch_error,

@@ -7,6 +7,7 @@ transformers never load in an inference worker).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import threading
@@ -29,6 +30,24 @@ _OPT_LEVELS = {
 }
 
 
+def release_memory() -> None:
+    """Give freed heap back to the OS after a model was dropped (glibc only; elsewhere a
+    no-op). Without it each swap leaves the old session's ~90 MB of weights as fragmented
+    free heap: 12 swaps took a process from 200 to ~280 MB, with it RSS stays at ~188 MB
+    (12 load/drop cycles of a MiniLM version in one process, measured in one run)."""
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim: Any = None
+
+
 class ProviderError(RuntimeError):
     """A GPU was required but the session runs on CPU."""
 
@@ -45,6 +64,7 @@ class LoadedModel:
     provider: str
     strategy: str
     macro_f1: float
+    graph: str = "model.onnx"  # the file served: model.int8.onnx on CPU when the policy chose it
     loaded_at: float = field(default_factory=time.time)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -55,7 +75,12 @@ class LoadedModel:
 
 
 def load_model(
-    mv: ModelVersion, *, threads: int, graph_optimization: str, device: str
+    mv: ModelVersion,
+    *,
+    threads: int,
+    graph_optimization: str,
+    device: str,
+    allow_int8: bool = True,
 ) -> LoadedModel:
     import onnxruntime as ort
     from tokenizers import Tokenizer
@@ -74,7 +99,8 @@ def load_model(
             except Exception as exc:  # missing CUDA libraries: the session falls back to CPU
                 log.warning("onnxruntime.preload_dlls failed: %s", exc)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    session = ort.InferenceSession(str(mv.onnx_path), options, providers=providers)
+    graph = mv.graph_path(cuda=providers[0] == "CUDAExecutionProvider", allow_int8=allow_int8)
+    session = ort.InferenceSession(str(graph), options, providers=providers)
     provider = session.get_providers()[0]
     if device == "cuda" and provider != "CUDAExecutionProvider":
         raise ProviderError(
@@ -90,9 +116,12 @@ def load_model(
         provider=provider,
         strategy=mv.metadata.strategy,
         macro_f1=mv.metadata.metrics.macro_f1,
+        graph=graph.name,
     )
     model.predict_proba(["warm up"])  # first run allocates; do it before serving
-    log.info("loaded %s/%s on %s (pid %d)", mv.name, mv.version, provider, os.getpid())
+    log.info(
+        "loaded %s/%s (%s) on %s (pid %d)", mv.name, mv.version, graph.name, provider, os.getpid()
+    )
     return model
 
 
@@ -114,6 +143,7 @@ class ModelHolder:
         graph_optimization: str,
         device: str,
         alias: str = "production",
+        allow_int8: bool = True,
     ) -> None:
         self.registry = registry
         self.name = name
@@ -122,6 +152,7 @@ class ModelHolder:
             "threads": threads,
             "graph_optimization": graph_optimization,
             "device": device,
+            "allow_int8": allow_int8,
         }
         self._lock = threading.Lock()
         self._model: LoadedModel | None = None
@@ -162,6 +193,7 @@ class ModelHolder:
             if self.alias != "production" and self.model is not None:
                 with self._lock:  # the shadow was promoted or dropped: free its memory
                     self._model = None
+                release_memory()
                 log.info("stopped %s scoring of %s", self.alias, self.name)
                 return True
             return False

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         ge=0,
         description="served predictions kept for feedback to link to by prediction_id (0: none)",
     )
+    quantize: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="int8 graph per version for CPU serving: auto = served when validation"
+        " macro-F1 is within 0.3 points of fp32; always; never (fp32 served, none built)",
+    )
     promote_via_shadow: bool = Field(
         False,
         description="promote=auto (and triggered retrains) put a challenger that passed the"

@@ -158,6 +158,7 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
             strategy=request.get("strategy", "auto"),
             threads=settings.trainer_threads,
             contrastive_steps=settings.contrastive_steps,
+            quantize=settings.quantize,
             min_steps=settings.fine_tuning_min_steps,
             cache_dir=settings.root / ".cache",
             thresholds=PolicyThresholds(

@@ -93,7 +93,9 @@ class TrainConfig:
     max_train_seconds: float | None = None
     # export
     opset: int = 17
-    quantize: bool = False
+    # int8 graph for CPU serving: auto = built, served when validation macro-F1 is within
+    # 0.3 points of fp32; always = built and served; never = none
+    quantize: str = "auto"
     parity_tolerance: float = 1e-4
     promote: bool = False
     cache_dir: Path | None = None  # embedding cache; None: <registry root>/.cache
@@ -122,6 +124,12 @@ class TrainConfig:
             "head_c_grid",
             "non-empty, all > 0",
             self.head_c_grid,
+        )
+        _require(
+            self.quantize in ("auto", "always", "never"),
+            "quantize",
+            "auto, always or never",
+            self.quantize,
         )
         _require(self.parity_tolerance > 0, "parity_tolerance", "> 0", self.parity_tolerance)
         _require(self.threads is None or self.threads >= 1, "threads", ">= 1 or None", self.threads)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import OnnxInfo, QuantizationReport
+from models import Metrics, OnnxInfo, QuantizationReport
 from training.classifier import SentenceClassifier
 from training.evaluate import OnnxRunner
 
@@ -26,10 +25,14 @@ class ExportError(RuntimeError):
     pass
 
 
+INT8_FILE = "model.int8.onnx"
+INT8_MAX_LOSS = 0.003  # validation macro-F1 the int8 graph may lose and still be served
+
+
 @dataclass(frozen=True)
 class ExportResult:
     info: OnnxInfo
-    quantization: QuantizationReport | None
+    quantization: QuantizationReport | None  # agreement with fp32; the policy decides later
 
 
 def save_tokenizer(tokenizer, out_dir: Path, max_length: int) -> Path:
@@ -71,7 +74,8 @@ def export_onnx(
     tolerance: float,
     quantize: bool,
 ) -> ExportResult:
-    """Write `model.onnx` and `tokenizer.json` into `out_dir`; fail if ONNX disagrees with torch."""
+    """Write `model.onnx` and `tokenizer.json` into `out_dir` (and `model.int8.onnx` with
+    `quantize`); fail if ONNX disagrees with torch."""
     model = model.to("cpu").float().eval()
     tokenizer_path = save_tokenizer(tokenizer, out_dir, max_length)
     onnx_path = out_dir / "model.onnx"
@@ -131,16 +135,57 @@ def _quantize(
 ) -> QuantizationReport:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = onnx_path.with_name("model.int8.onnx")
-    quantize_dynamic(str(onnx_path), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
-    int8 = OnnxRunner(tmp, tokenizer_path).predict_proba(texts)
+    target = onnx_path.with_name(INT8_FILE)
+    quantize_dynamic(str(onnx_path), str(target), per_channel=True, weight_type=QuantType.QInt8)
+    int8 = OnnxRunner(target, tokenizer_path).predict_proba(texts)
     agreement = float(np.mean(int8.argmax(1) == fp32.argmax(1)))
     report = QuantizationReport(
         method="dynamic int8, per-channel",
         argmax_agreement=round(agreement, 6),
         max_abs_diff=round(float(np.max(np.abs(int8 - fp32))), 6),
         examples=len(texts),
+        file=INT8_FILE,
     )
     log.info("int8 quantization: argmax agreement %.4f on %d texts", agreement, len(texts))
-    os.replace(tmp, onnx_path)
     return report
+
+
+def choose_int8(
+    report: QuantizationReport, *, policy: str, fp32: Metrics, int8: Metrics, staging: Path
+) -> QuantizationReport:
+    """The quantization policy: `auto` serves the int8 graph on CPU when its validation
+    macro-F1 is within 0.3 points of fp32's, `always` serves it anyway; both numbers and
+    the reason are recorded. A graph that is not served is not kept."""
+    loss = fp32.macro_f1 - int8.macro_f1
+    numbers = (
+        f"validation macro-F1 int8 {int8.macro_f1:.4f} vs fp32 {fp32.macro_f1:.4f}"
+        f" on {fp32.count} examples"
+    )
+    if policy == "always":
+        served, reason = True, f"quantize=always: int8 served on CPU ({numbers})"
+    elif loss <= INT8_MAX_LOSS + 1e-12:
+        served, reason = (
+            True,
+            f"int8 served on CPU: {numbers}, within {INT8_MAX_LOSS * 100:.1f} points",
+        )
+    else:
+        served, reason = (
+            False,
+            (
+                f"fp32 served: int8 loses {loss * 100:.2f} points ({numbers}),"
+                f" more than {INT8_MAX_LOSS * 100:.1f}"
+            ),
+        )
+    if not served:
+        (staging / INT8_FILE).unlink(missing_ok=True)
+    log.info("%s", reason)
+    return report.model_copy(
+        update={
+            "file": INT8_FILE if served else None,
+            "policy": policy,
+            "fp32_macro_f1": fp32.macro_f1,
+            "int8_macro_f1": int8.macro_f1,
+            "served_on_cpu": served,
+            "reason": reason,
+        }
+    )

@@ -89,7 +89,7 @@ def train(
     from training.classifier import SentenceClassifier
     from training.embeddings import EmbeddingCache, embed_with_cache, encode
     from training.evaluate import OnnxRunner, compute_metrics
-    from training.export import export_onnx
+    from training.export import INT8_FILE, choose_int8, export_onnx
     from training.head import fit_probe, label_name_text
 
     if config.threads:
@@ -364,7 +364,7 @@ def train(
             max_length=config.max_length,
             opset=config.opset,
             tolerance=config.parity_tolerance,
-            quantize=config.quantize,
+            quantize=config.quantize != "never",
         )
         timings["export_s"] = round(time.perf_counter() - t0, 2)
         report("exporting", 1.0, "parity checked")
@@ -373,8 +373,8 @@ def train(
         report("evaluating", 0.0, "scoring the held-out split")
         runner = OnnxRunner(staging.path / "model.onnx", staging.path / "tokenizer.json")
 
-        def score(ds: Dataset) -> Metrics:
-            probs = runner.predict_proba(list(ds.texts))
+        def score(ds: Dataset, graph: Any = None) -> Metrics:
+            probs = (graph or runner).predict_proba(list(ds.texts))
             predicted = probs.argmax(1)
             metrics = compute_metrics([label_id[x] for x in ds.labels], predicted, labels)
             return metrics.model_copy(
@@ -387,7 +387,19 @@ def train(
                 }
             )
 
+        def score_graph(path: Path, ds: Dataset) -> Metrics:
+            return score(ds, OnnxRunner(path, staging.path / "tokenizer.json"))
+
         metrics = score(val_set)
+        quantization = exported.quantization
+        if quantization is not None:
+            quantization = choose_int8(
+                quantization,
+                policy=config.quantize,
+                fp32=metrics,
+                int8=score_graph(staging.path / INT8_FILE, val_set),
+                staging=staging.path,
+            )
         report(
             "evaluating",
             0.5 if test is not None else 1.0,
@@ -430,8 +442,8 @@ def train(
             test_metrics=test_metrics,
             max_length=config.max_length,
             onnx=exported.info,
-            quantized=exported.quantization is not None,
-            quantization=exported.quantization,
+            quantized=quantization is not None and quantization.served_on_cpu,
+            quantization=quantization,
             parent_version=parent,
         )
         report("publishing", 0.5, "writing the version")

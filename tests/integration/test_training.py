@@ -114,7 +114,12 @@ def test_one_epoch_fine_tuning_end_to_end_with_quantization(tmp_path: Path, ten_
     result = train(
         banking77_slice("train", ten_classes[:4], per_class=12),
         TrainConfig(
-            name="ft", strategy="fine_tuning", epochs=1, batch_size=16, quantize=True, promote=True
+            name="ft",
+            strategy="fine_tuning",
+            epochs=1,
+            batch_size=16,
+            quantize="always",
+            promote=True,
         ),
         registry=registry,
     )
@@ -123,10 +128,39 @@ def test_one_epoch_fine_tuning_end_to_end_with_quantization(tmp_path: Path, ten_
     assert "forced to fine_tuning" in meta.reason
     assert result.details["fine_tuning"]["best_epoch"] == 1
     assert len(result.details["fine_tuning"]["history"]) == 1
-    assert meta.quantized and meta.quantization is not None
-    assert meta.quantization.argmax_agreement >= 0.9
+    q = meta.quantization
+    assert meta.quantized and q is not None and q.served_on_cpu and q.policy == "always"
+    assert q.argmax_agreement >= 0.9
+    assert q.fp32_macro_f1 == meta.metrics.macro_f1 and q.int8_macro_f1 is not None
+    assert "quantize=always" in q.reason
+    mv = registry.verify("ft", meta.version)  # both graphs are hashed files of the version
+    assert set(meta.files) >= {"model.onnx", "model.int8.onnx", "tokenizer.json"}
+    assert mv.graph_path(cuda=False).name == "model.int8.onnx"
+    assert mv.graph_path(cuda=True).name == "model.onnx"
+    assert mv.graph_path(cuda=False, allow_int8=False).name == "model.onnx"
     assert registry.aliases("ft") == {"production": meta.version}
     assert result.promoted
+
+
+def test_auto_quantization_serves_int8_only_within_the_accuracy_guard(tmp_path: Path) -> None:
+    from models import Metrics, QuantizationReport
+    from training.export import INT8_FILE, choose_int8
+
+    def f1(x: float) -> Metrics:
+        return Metrics(accuracy=x, macro_f1=x, count=400)
+
+    base = QuantizationReport(
+        method="dynamic int8, per-channel", argmax_agreement=0.99, max_abs_diff=0.01, examples=64
+    )
+    (tmp_path / INT8_FILE).write_bytes(b"int8")
+    kept = choose_int8(base, policy="auto", fp32=f1(0.9), int8=f1(0.897), staging=tmp_path)
+    assert kept.served_on_cpu and kept.file == INT8_FILE and (tmp_path / INT8_FILE).exists()
+    assert "within 0.3 points" in kept.reason
+    refused = choose_int8(base, policy="auto", fp32=f1(0.9), int8=f1(0.8965), staging=tmp_path)
+    assert not refused.served_on_cpu and refused.file is None
+    assert not (tmp_path / INT8_FILE).exists()  # a graph nobody serves is not published
+    assert "fp32 served: int8 loses 0.35 points" in refused.reason
+    assert (refused.fp32_macro_f1, refused.int8_macro_f1) == (0.9, 0.8965)
 
 
 def test_test_labels_unknown_to_training_are_refused(tmp_path: Path, ten_classes) -> None:
