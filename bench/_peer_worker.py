@@ -135,6 +135,17 @@ def trainer_run(backbone, train_csv, test_csv, epochs, out_dir):
     )
 
 
+def init_classifier(backbone, labels, out_dir):
+    """An untrained classification head on the backbone: the same compute as a fine-tuned
+    one, for timing the pipeline without training first."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=labels)
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(backbone).save_pretrained(out_dir)
+    emit({"model_dir": out_dir})
+
+
 def pipeline_run(model_dir, test_csv, n):
     from transformers import pipeline
 
@@ -155,4 +166,5 @@ if __name__ == "__main__":
         "setfit": lambda a: setfit_run(a[0], a[1], a[2], int(a[3]), a[4]),
         "trainer": lambda a: trainer_run(a[0], a[1], a[2], int(a[3]), a[4]),
         "pipeline": lambda a: pipeline_run(a[0], a[1], int(a[2])),
+        "init_classifier": lambda a: init_classifier(a[0], int(a[1]), a[2]),
     }[cmd](rest)

@@ -101,12 +101,12 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def refit_inference(model_dir: Path, texts: list[str]) -> dict:
+def refit_inference(model_dir: Path, texts: list[str], graph: str = "model.onnx") -> dict:
     from training.evaluate import OnnxRunner
 
-    runner = OnnxRunner(model_dir / "model.onnx", model_dir / "tokenizer.json", threads=2)
+    runner = OnnxRunner(model_dir / graph, model_dir / "tokenizer.json", threads=2)
     runner.predict_proba(texts[:8])
-    out = {"peer": "refit_onnx"}
+    out = {"peer": "refit_onnx", "graph": graph}
     for bs, count in ((1, min(len(texts), 256)), (32, len(texts))):
         start = time.perf_counter()
         runner.predict_proba(texts[:count], batch_size=bs)
@@ -128,10 +128,10 @@ def main() -> int:
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=["setfit", "fine_tuning"],
-        default=["setfit", "fine_tuning"],
-        help="what to (re)run; the rest is kept from --out (inference runs with fine_tuning,"
-        " whose model it loads)",
+        choices=["setfit", "fine_tuning", "inference"],
+        default=["setfit", "fine_tuning", "inference"],
+        help="what to (re)run; the rest is kept from --out (inference alone times the"
+        " pipeline on an untrained head: the same compute as the fine-tuned one)",
     )
     parser.add_argument(
         "--refit-only",
@@ -171,11 +171,11 @@ def main() -> int:
     }
     out = Path(args.out or REPO / "bench" / "results" / f"peers_{data_dir.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if set(args.parts) != {"setfit", "fine_tuning"} and out.exists():
+    if set(args.parts) != {"setfit", "fine_tuning", "inference"} and out.exists():
         kept = json.loads(out.read_text())
-        for part, keys in (("setfit", ["setfit"]), ("fine_tuning", ["fine_tuning", "inference"])):
+        for part in ("setfit", "fine_tuning", "inference"):
             if part not in args.parts:
-                result.update({k: kept[k] for k in keys})
+                result[part] = kept[part]
 
     def save() -> None:
         out.write_text(json.dumps(result, indent=2) + "\n")
@@ -212,37 +212,52 @@ def main() -> int:
             )
             save()
 
-        if "fine_tuning" not in args.parts:
-            print(json.dumps(result, indent=2))
-            return 0
         ft_csv = write_csv(
             tmpd / "ft.csv", sample(read("train", data_dir), int(args.ft_size), 0, classes)
         )
-        ours = refit(args.ft_size, "fine_tuning", args.data, classes, args.epochs)
-        theirs = peer(
-            python,
-            "trainer",
-            backbone,
-            str(ft_csv),
-            str(test_csv),
-            str(args.epochs),
-            str(tmpd / "hf"),
+        hf_model = tmpd / "hf" / "model"
+        if "fine_tuning" not in args.parts and "inference" in args.parts:
+            peer(python, "init_classifier", backbone, str(len(classes)), str(hf_model))
+        ours = (
+            None
+            if "fine_tuning" not in args.parts
+            else refit(args.ft_size, "fine_tuning", args.data, classes, args.epochs)
         )
-        result["fine_tuning"] = {
-            "per_class": int(args.ft_size),
-            "epochs_max": args.epochs,
-            "refit": {
-                "samples_per_s": ours["fine_tuning"]["samples_per_s"],
-                "epochs_run": len(ours["fine_tuning"]["history"]),
-                "test_accuracy": ours["test_accuracy"],
-                "train_export_s": ours["train_export_s"],
-                "peak_rss_mb": ours["peak_rss_mb"],
-            },
-            "hf_trainer": theirs,
-            "note": "Refit trains on 90% of the examples (10% validation for early stopping); the Trainer on all",
-        }
-        print(f"fine-tuning: refit {result['fine_tuning']['refit']}; trainer {theirs}", flush=True)
+        theirs = (
+            None
+            if ours is None
+            else peer(
+                python,
+                "trainer",
+                backbone,
+                str(ft_csv),
+                str(test_csv),
+                str(args.epochs),
+                str(tmpd / "hf"),
+            )
+        )
+        result["fine_tuning"] = (
+            result["fine_tuning"]
+            if ours is None
+            else {
+                "per_class": int(args.ft_size),
+                "epochs_max": args.epochs,
+                "refit": {
+                    "samples_per_s": ours["fine_tuning"]["samples_per_s"],
+                    "epochs_run": len(ours["fine_tuning"]["history"]),
+                    "test_accuracy": ours["test_accuracy"],
+                    "train_export_s": ours["train_export_s"],
+                    "peak_rss_mb": ours["peak_rss_mb"],
+                },
+                "hf_trainer": theirs,
+                "note": "Refit trains on 90% of the examples (10% validation for early stopping); the Trainer on all",
+            }
+        )
+        print(f"fine-tuning: {result['fine_tuning']}", flush=True)
         save()
+        if "inference" not in args.parts:
+            print(json.dumps(result, indent=2))
+            return 0
 
         # Inference: the Trainer's fine-tuned model in a pipeline vs a Refit ONNX model of the same backbone.
         from models import Registry
@@ -252,15 +267,35 @@ def main() -> int:
         texts = [t for t, _ in read("test", data_dir)][: 256 if args.quick else 1024]
         reg = Registry(tmpd / "reg")
         meta = train(
-            str(ft_csv), TrainConfig(name="inf", strategy="feature_extraction"), registry=reg
+            str(ft_csv),
+            TrainConfig(name="inf", strategy="feature_extraction", quantize="always"),
+            registry=reg,
         ).metadata
+        folder = reg.get("inf", meta.version).path
+        pipe = peer(python, "pipeline", str(hf_model), str(test_csv), str(len(texts)))
+        graphs = {
+            "fp32": refit_inference(folder, texts, "model.onnx"),
+            "int8": refit_inference(folder, texts, "model.int8.onnx"),
+        }
         result["inference"] = {
             "texts": len(texts),
-            "refit_onnx": refit_inference(reg.get("inf", meta.version).path, texts),
-            "transformers_pipeline": peer(
-                python, "pipeline", str(tmpd / "hf" / "model"), str(test_csv), str(len(texts))
-            ),
-            "note": "both 6-layer MiniLM classifiers, CPU, 2 threads; the pipeline runs the HF Trainer's fine-tuned model",
+            "refit_onnx": graphs["fp32"],
+            "refit_onnx_int8": graphs["int8"],
+            "transformers_pipeline": pipe,
+            "ratios_vs_pipeline": {
+                f"{name}_batch{bs}": round(
+                    g[f"texts_per_s_batch{bs}"] / pipe[f"texts_per_s_batch{bs}"], 2
+                )
+                for name, g in graphs.items()
+                for bs in (1, 32)
+            },
+            "int8_validation_macro_f1": {
+                "fp32": meta.quantization.fp32_macro_f1 if meta.quantization else None,
+                "int8": meta.quantization.int8_macro_f1 if meta.quantization else None,
+            },
+            "note": "both 6-layer MiniLM classifiers, CPU, 2 threads; the pipeline runs the HF"
+            " Trainer's fine-tuned model (or, with --parts inference, an untrained head: same"
+            " compute); Refit's graphs run through its shared inference loop (length buckets)",
         }
         print(f"inference: {result['inference']}", flush=True)
         save()

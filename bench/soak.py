@@ -5,7 +5,8 @@ Starts the service (2 inference workers, embedded trainer) on a 10-class Banking
 runs `--concurrency` keep-alive clients (1–3 texts per request, a short pause between
 requests: moderate, not saturating), and every `--retrain-every` seconds posts labeled
 feedback linked to served predictions (prediction ids) so that the pending trigger starts
-a retrain, which the gate promotes. Every `--sample-every` seconds it records, per
+a retrain; a challenger the gate keeps as a candidate is promoted by hand, so every round
+swaps the served model. Every `--sample-every` seconds it records, per
 process: resident memory, open file descriptors and threads (inference workers, the
 launcher, the BentoML arbiter and any trainer), the p99 of the last interval, failed
 requests and the number of series /metrics exposes.
@@ -161,7 +162,15 @@ def main() -> int:
         w = csv.writer(fh)
         w.writerow(["text", "label"])
         w.writerows(banking77_slice("train", CLASSES, per_class=8, seed=0))
-    pool = banking77_slice("test", CLASSES, per_class=None)
+    # traffic (and so feedback) from texts the first model did not train on, enough for every
+    # round to bring new examples
+    first_texts = {t for t, _ in banking77_slice("train", CLASSES, per_class=8, seed=0)}
+    pool = [
+        r
+        for r in banking77_slice("train", CLASSES, per_class=None)
+        + banking77_slice("test", CLASSES, per_class=None)
+        if r[0] not in first_texts
+    ]
     server = make_server(
         tmp,
         REFIT_DEFAULT_DATA=str(first),
@@ -185,6 +194,7 @@ def main() -> int:
     load.start()
     next_round = t0 + 60  # the first retrain after a minute, then every --retrain-every
     linked = 0
+    promoted_by_hand: list[str] = []
     try:
         while time.monotonic() - t0 < args.duration:
             time.sleep(args.sample_every)
@@ -203,6 +213,13 @@ def main() -> int:
                     {"t_s": round(now - t0, 1), "status": r.status_code, "sent": args.feedback}
                 )
                 next_round = now + args.retrain_every
+            for job in admin.get("/jobs").json()["jobs"]:
+                result = job.get("result") or {}
+                version = result.get("version")
+                done = job["state"] == "succeeded" and not result.get("promoted")
+                if done and version and version not in promoted_by_hand:
+                    promoted_by_hand.append(version)
+                    admin.post("/models/promote", json={"version": version})
             roles = processes(server.proc.pid)
             for p in roles["trainer"]:
                 s = sample_process(p)
@@ -243,6 +260,7 @@ def main() -> int:
         server.stop()
 
     result = summarize(samples, jobs, rounds, trainer_peaks, load, args)
+    result["summary"]["jobs"]["promoted_by_hand"] = len(promoted_by_hand)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     plot(samples, Path(args.out).with_suffix(".png"), args.warmup)
     print(json.dumps(result["summary"], indent=2))  # noqa: T201

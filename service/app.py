@@ -145,6 +145,7 @@ class Refit:
         self._shadow_busy = 0  # texts queued or running in the shadow batcher
         self._shadow_latency: deque[tuple[float, float]] = deque(maxlen=2000)
         self._served: LoadedModel | None = None
+        self._trim_polls = 0
         self._background: set[asyncio.Task] = set()
         # live traffic, flushed to the store every REFIT_TRIGGER_POLL_S
         self._traffic: dict[tuple[str, str], list[float]] = {}
@@ -274,6 +275,9 @@ class Refit:
         )
 
     def _swap(self, force: bool = False) -> None:
+        if self._trim_polls:  # a batch in flight during the swap may have freed the old
+            self._trim_polls -= 1  # model only after the trim: trim again on later polls
+            release_memory()
         try:
             self.shadow_holder.refresh()
         except Exception:  # the shadow never gets in production's way
@@ -298,6 +302,7 @@ class Refit:
         if old is not None and old is not model:
             del old
             release_memory()  # the replaced session's weights, back to the OS
+            self._trim_polls = 3
 
     @staticmethod
     def _record_batch(model: LoadedModel, size: int, seconds: float) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from models import ModelVersion, Registry, RegistryError, RegistryUnavailable
+from models._inference import predict_proba, unpadded
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,10 @@ class LoadedModel:
     graph: str = "model.onnx"  # the file served: model.int8.onnx on CPU when the policy chose it
     loaded_at: float = field(default_factory=time.time)
 
+    pad_id: int = 0
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(list(texts))
-        ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
-        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
-        return self.session.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[0]
+        return predict_proba(self.session, self.tokenizer, texts, pad_id=self.pad_id)
 
 
 def load_model(
@@ -107,16 +107,19 @@ def load_model(
             f"REFIT_DEVICE=cuda but onnxruntime runs {mv.name}/{mv.version} on {provider} "
             f"(available: {ort.get_available_providers()}); install the gpu extra on a GPU host or set REFIT_DEVICE=cpu"
         )
+    tokenizer = Tokenizer.from_file(str(mv.path / "tokenizer.json"))
+    pad_id = unpadded(tokenizer)
     model = LoadedModel(
         name=mv.name,
         version=mv.version,
         labels=tuple(mv.metadata.labels),
         session=session,
-        tokenizer=Tokenizer.from_file(str(mv.path / "tokenizer.json")),
+        tokenizer=tokenizer,
         provider=provider,
         strategy=mv.metadata.strategy,
         macro_f1=mv.metadata.metrics.macro_f1,
         graph=graph.name,
+        pad_id=pad_id,
     )
     model.predict_proba(["warm up"])  # first run allocates; do it before serving
     log.info(

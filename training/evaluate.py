@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from models import ClassMetrics, Metrics
+from models._inference import predict_proba, unpadded
 
 
 def compute_metrics(
@@ -61,15 +62,11 @@ class OnnxRunner:
             str(model_path), options, providers=["CPUExecutionProvider"]
         )
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.pad_id = unpadded(self.tokenizer)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         outputs = []
         for start in range(0, len(texts), batch_size):
-            encodings = self.tokenizer.encode_batch(list(texts[start : start + batch_size]))
-            ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
-            mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
-            probs = self.session.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[
-                0
-            ]
-            outputs.append(probs)
+            chunk = texts[start : start + batch_size]
+            outputs.append(predict_proba(self.session, self.tokenizer, chunk, pad_id=self.pad_id))
         return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)

@@ -48,13 +48,22 @@ def test_serve_bench_quick(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["model"]["labels"] == 77
-    assert result["service"]["errors"] == 0
-    assert len(result["service"]["worker_rss_mb"]) == 2
-    assert result["raw_onnxruntime"]["p50_ms_c1"] > 0 and result["service"]["p50_ms_c1"] > 0
+    graphs = result["graphs"]
+    assert {name: g["service"]["graph"] for name, g in graphs.items()} == {
+        "fp32": "model.onnx",
+        "int8": "model.int8.onnx",
+    }
+    assert graphs["int8"]["size_mb"] < graphs["fp32"]["size_mb"] / 2
+    for g in graphs.values():
+        assert g["service"]["errors"] == 0
+        assert len(g["service"]["worker_rss_mb"]) == 2
+        assert g["raw_onnxruntime"]["p50_ms_c1"] > 0 and g["service"]["p50_ms_c1"] > 0
+        assert g["test"]["examples"] == 3080 and g["test"]["accuracy"] > 0.5
+    assert abs(result["int8_vs_fp32"]["test_accuracy_points"]) < 5
     assert set(result["targets"]) == {
-        "p50_ms_c1_le_10",
-        "throughput_ratio_ge_0.7",
-        "worker_rss_le_600mb",
+        "int8_p50_ms_c1_le_5",
+        "int8_p50_within_1.5ms_of_raw",
+        "throughput_ratio_ge_1.0",
     }
 
 
