@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import signal
 import sys
 import time
-import uuid
 from collections import deque
 from typing import Any, Literal
 
@@ -106,6 +106,8 @@ def warn_if_open(settings: Settings) -> bool:
         else max(3600, int(SETTINGS.time_budget_s * 2))
     },
     endpoints={"livez": "/livez", "readyz": "/readyz"},
+    tracing={"excluded_urls": [] if SETTINGS.trace_predict else ["/predict"]},
+    logging={"access": {"enabled": SETTINGS.access_log}},
 )
 @bentoml.asgi_app(admin, path="/")
 class Refit:
@@ -146,6 +148,7 @@ class Refit:
         self._shadow_latency: deque[tuple[float, float]] = deque(maxlen=2000)
         self._served: LoadedModel | None = None
         self._trim_polls = 0
+        self._counters: dict[tuple[str, str], Any] = {}
         self._background: set[asyncio.Task] = set()
         # live traffic, flushed to the store every REFIT_TRIGGER_POLL_S
         self._traffic: dict[tuple[str, str], list[float]] = {}
@@ -304,10 +307,26 @@ class Refit:
             release_memory()  # the replaced session's weights, back to the OS
             self._trim_polls = 3
 
+    def _counter(self, model: LoadedModel, label: str) -> Any:
+        """`refit_predictions_total` for this version and label (a cached child: labels()
+        costs a lock and a dict lookup per text otherwise)."""
+        key = (model.version, label)
+        child = self._counters.get(key)
+        if child is None:
+            if len(self._counters) > 10_000:
+                self._counters.clear()
+            child = self._counters[key] = metrics.PREDICTIONS.labels(model.name, *key)
+        return child
+
     @staticmethod
-    def _record_batch(model: LoadedModel, size: int, seconds: float) -> None:
-        metrics.INFERENCE_LATENCY.labels(model.name).observe(seconds)
-        metrics.BATCH_SIZE.labels(model.name).observe(size)
+    @functools.cache
+    def _batch_series(name: str) -> tuple[Any, Any]:
+        return metrics.INFERENCE_LATENCY.labels(name), metrics.BATCH_SIZE.labels(name)
+
+    def _record_batch(self, model: LoadedModel, size: int, seconds: float) -> None:
+        latency, sizes = self._batch_series(model.name)
+        latency.observe(seconds)
+        sizes.observe(size)
 
     # -- prediction ------------------------------------------------------------------------
     @bentoml.api
@@ -354,7 +373,7 @@ class Refit:
         top = np.argsort(-probs, axis=1)[:, :k]
         predictions = []
         now = time.time()
-        request_id = uuid.uuid4().hex[:16]
+        request_id = os.urandom(8).hex()
         keep_ids = self.settings.prediction_window > 0 and len(self._served_ids) < 50_000
         shadowed = self._shadow_sample(len(texts))
         served_rows = self._served_ids if not shadowed else []
@@ -366,7 +385,7 @@ class Refit:
                 served_rows.append(
                     (prediction_id, model.name, model.version, best, round(score, 6), now)
                 )
-            metrics.PREDICTIONS.labels(model.name, model.version, best).inc()
+            self._counter(model, best).inc()
             seen = self._traffic.setdefault((model.version, best), [0, 0.0])
             seen[0] += 1
             seen[1] += score

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         ge=0,
         description="served predictions kept for feedback to link to by prediction_id (0: none)",
     )
+    trace_predict: bool = Field(
+        False,
+        description="OpenTelemetry spans for /predict (BentoML's tracing; off: ~10% of the"
+        " request path for spans nobody exports unless a tracing exporter is configured)",
+    )
+    access_log: bool = Field(True, description="BentoML's access log line per request")
     quantize: Literal["auto", "always", "never"] = Field(
         "auto",
         description="int8 graph per version for CPU serving: auto = served when validation"

@@ -354,7 +354,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
         "/retrain/submit?promote=sometimes",
         raw(b"text,label\nhi,a\n", "text/csv"),
         400,
-        "promote: Input should be 'auto', 'always' or 'never'",
+        "promote: Input should be 'auto', 'always', 'never' or 'shadow'",
     ),
     (
         "retrain-jsonl-bad-line",
