@@ -176,10 +176,16 @@ def test_feedback_triggers_a_retrain_that_is_promoted_then_shuffled_labels_are_r
         )
         assert third == second and accuracy == steps[1]["accuracy"]
         print("AUTO_RETRAIN_STEPS " + json.dumps(steps))
-        text = httpx.get(f"{loop_server.url}/metrics").text
-        assert re.search(
-            r'refit_challengers_rejected_total\{model="default",source="trigger"\} 1\.0', text
-        )
+        # the worker counts the outcome once the trainer process has exited, which can be a
+        # moment after the job's result is visible in the store
+        rejected = r'refit_challengers_rejected_total\{model="default",source="trigger"\} 1\.0'
+        deadline = time.monotonic() + 20
+        while True:
+            text = httpx.get(f"{loop_server.url}/metrics").text
+            if re.search(rejected, text) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert re.search(rejected, text)
         assert re.search(r'refit_auto_retrains_total\{cause="pending",model="default"\} 2\.0', text)
 
 

@@ -49,6 +49,10 @@ def test_serve_bench_quick(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["model"]["labels"] == 77
     graphs = result["graphs"]
+    assert {name: g["file"] for name, g in graphs.items()} == {
+        "fp32": "model.onnx",
+        "int8": "model.int8.onnx",
+    }
     assert {name: g["service"]["graph"] for name, g in graphs.items()} == {
         "fp32": "model.onnx",
         "int8": "model.int8.onnx",

@@ -202,6 +202,7 @@ def test_cli_train_json_and_models_commands(tmp_path: Path, ten_classes) -> None
         str(test),
         "--json",
         "--promote",
+        "--quantize",  # the bare flag: int8 always built and served on CPU
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -210,7 +211,7 @@ def test_cli_train_json_and_models_commands(tmp_path: Path, ten_classes) -> None
     listed = json.loads(run_cli("--home", home, "models", "list", "--json").stdout)
     assert [(r["version"], r["aliases"]) for r in listed] == [(out["version"], ["production"])]
     verified = json.loads(run_cli("--home", home, "models", "verify", "cli", "--json").stdout)
-    assert verified == [{"name": "cli", "version": out["version"], "ok": True, "files": 2}]
+    assert verified == [{"name": "cli", "version": out["version"], "ok": True, "files": 3}]
     (Path(out["path"]) / "tokenizer.json").write_text("{}")
     bad = run_cli("--home", home, "models", "verify", "cli")
     assert bad.returncode == 2
