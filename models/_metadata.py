@@ -61,6 +61,10 @@ class OnnxInfo(_Frozen):
     inputs: list[str]
     outputs: list[str]
     parity_max_abs_diff: float = Field(description="max |p_onnx - p_torch| on real examples")
+    fused: dict[str, int] | None = Field(
+        default=None,
+        description="operators fused by onnxruntime's transformer optimizer (None: not fused)",
+    )
 
 
 class QuantizationReport(_Frozen):

@@ -34,6 +34,7 @@ from service.middleware import (
     DeadlineMiddleware,
     ErrorShapeMiddleware,
     LimitsAndAuthMiddleware,
+    PredictFastPath,
     RetrainSubmitMiddleware,
     format_errors,
 )
@@ -112,6 +113,7 @@ def warn_if_open(settings: Settings) -> bool:
 @bentoml.asgi_app(admin, path="/")
 class Refit:
     def __init__(self) -> None:
+        global _SERVING
         self.settings = SETTINGS
         self.store, self.registry = open_state(self.settings)
         self.embedded = self.settings.trainer == "embedded"
@@ -162,6 +164,7 @@ class Refit:
         )
         self._swap(force=True)
         metrics.KEEP_VERSIONS = self._versions_to_expose
+        _SERVING = self
 
     def _versions_to_expose(self) -> dict[str, set[str]]:
         name = self.settings.model_name
@@ -332,6 +335,11 @@ class Refit:
     @bentoml.api
     async def predict(self, texts: list[str], top_k: int = 1) -> PredictResponse:
         """Classify texts; concurrent requests share one onnxruntime call."""
+        return await self.classify(texts, top_k)
+
+    async def classify(self, texts: list[str], top_k: int) -> JSONResponse:
+        """`/predict` after its body parsed: reached through BentoML's api above, or straight
+        from `PredictFastPath` for well-formed bodies (the same code either way)."""
         limits = self.settings
         if not texts:
             return error(400, "texts must not be empty", fix='send {"texts": ["some text"]}')
@@ -892,10 +900,18 @@ class Refit:
         return job.to_dict()
 
 
+_SERVING: Any = None  # this worker's service instance, once built (see PredictFastPath)
+
+
+def _fast_predict() -> Any:
+    return _SERVING.classify if _SERVING is not None else None
+
+
 # First added runs first: the deadline around everything, then limits and auth before
-# anything reads or stores the body.
+# anything reads or stores the body; the fast path for /predict last, inside all of them.
 Refit.add_asgi_middleware(DeadlineMiddleware, settings=SETTINGS)
 Refit.add_asgi_middleware(ErrorShapeMiddleware)
 Refit.add_asgi_middleware(LimitsAndAuthMiddleware, settings=SETTINGS)
 Refit.add_asgi_middleware(RetrainSubmitMiddleware, settings=SETTINGS)
 Refit.add_asgi_middleware(BoundedMetricsMiddleware)
+Refit.add_asgi_middleware(PredictFastPath, handler=_fast_predict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Sequence
@@ -91,28 +92,99 @@ def export_onnx(
         _export(model, sample, onnx_path, opset)
     texts = list(parity_texts)[:64] or ["hello"]
     expected = _torch_probabilities(model, tokenizer, texts, max_length)
-    runner = OnnxRunner(onnx_path, tokenizer_path)
-    # one batch of mixed lengths, plus single texts: batch size and padding both vary
-    actual = runner.predict_proba(texts)
-    singles = np.concatenate([runner.predict_proba([t]) for t in texts[:4]])
-    diff = max(
-        float(np.max(np.abs(actual - expected))),
-        float(
-            np.max(np.abs(singles - _torch_probabilities(model, tokenizer, texts[:4], max_length)))
-        ),
-    )
+    singles_expected = _torch_probabilities(model, tokenizer, texts[:4], max_length)
+    fused = _fuse(onnx_path, model.encoder.config)
+    if fused is not None:
+        diff, actual = _parity(fused[0], tokenizer_path, texts, expected, singles_expected)
+        if diff <= tolerance:
+            fused[0].replace(onnx_path)
+        else:
+            log.warning("fused graph differs from torch by %.2e: the plain export is kept", diff)
+            fused[0].unlink(missing_ok=True)
+            fused = None
+    if fused is None:
+        diff, actual = _parity(onnx_path, tokenizer_path, texts, expected, singles_expected)
     log.info("onnx parity on %d texts: max |p_onnx - p_torch| = %.2e", len(texts), diff)
     if not diff <= tolerance:
         raise ExportError(
             f"ONNX output differs from torch by {diff:.2e} (> tolerance {tolerance:.0e}) on "
             f"{len(texts)} texts; nothing was published"
         )
-    info = OnnxInfo(opset=opset, inputs=INPUT_NAMES, outputs=OUTPUT_NAMES, parity_max_abs_diff=diff)
+    info = OnnxInfo(
+        opset=opset,
+        inputs=INPUT_NAMES,
+        outputs=OUTPUT_NAMES,
+        parity_max_abs_diff=diff,
+        fused=fused[1] if fused else None,
+    )
     report = _quantize(onnx_path, tokenizer_path, texts, actual) if quantize else None
     return ExportResult(info, report)
 
 
+def _parity(
+    graph: Path, tokenizer_path: Path, texts: list[str], expected: np.ndarray, singles: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """max |p_onnx - p_torch| over one batch of mixed lengths plus single texts (batch size
+    and padding both vary), and the batch's probabilities."""
+    runner = OnnxRunner(graph, tokenizer_path)
+    actual = runner.predict_proba(texts)
+    alone = np.concatenate([runner.predict_proba([t]) for t in texts[: len(singles)]])
+    diff = max(float(np.max(np.abs(actual - expected))), float(np.max(np.abs(alone - singles))))
+    return diff, actual
+
+
+def _fuse(onnx_path: Path, config) -> tuple[Path, dict[str, int]] | None:
+    """onnxruntime's transformer optimizer on the exported graph: attention, embedding +
+    layer norm, skip + layer norm and bias + GELU become single contrib operators (CPU and
+    CUDA both have them). Measured on MiniLM, 2 threads: fp32 +16% texts/s at batch 1, int8
+    +50% at batch 1 and +15% at batch 32, int8 agreeing with fp32 more often. Python-level
+    fusion only (opt_level 0): the file stays device-neutral. None when nothing fused (an
+    encoder the optimizer does not know); the caller checks parity before using it."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads = getattr(config, "num_attention_heads", 0)
+    hidden = getattr(config, "hidden_size", 0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimized = optimize_model(
+                str(onnx_path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
+            )
+        counts = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        if not counts.get("Attention"):
+            log.info("transformer optimizer fused no attention (%s): plain graph kept", counts)
+            return None
+        target = onnx_path.with_name("model.fused.onnx")
+        optimized.save_model_to_file(str(target))
+    except Exception as exc:  # an optimizer failure only costs the speed-up
+        log.warning("transformer optimizer failed (%s): plain graph kept", exc)
+        return None
+    return target, counts
+
+
+@contextlib.contextmanager
+def _eager_attention(encoder):
+    """Export with transformers' eager attention: its MatMul/Softmax pattern is the one the
+    optimizer fuses into one Attention operator (the SDPA export is not recognised)."""
+    previous = getattr(encoder.config, "_attn_implementation", None)
+    try:
+        encoder.set_attn_implementation("eager")
+    except Exception:  # older or custom encoders: export what they have
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None and previous != "eager":
+            with contextlib.suppress(Exception):
+                encoder.set_attn_implementation(previous)
+
+
 def _export(model: SentenceClassifier, sample, onnx_path: Path, opset: int) -> None:
+    with _eager_attention(model.encoder):
+        _torch_export(model, sample, onnx_path, opset)
+
+
+def _torch_export(model: SentenceClassifier, sample, onnx_path: Path, opset: int) -> None:
     torch.onnx.export(
         model,
         (sample["input_ids"], sample["attention_mask"]),
@@ -136,7 +208,16 @@ def _quantize(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     target = onnx_path.with_name(INT8_FILE)
-    quantize_dynamic(str(onnx_path), str(target), per_channel=True, weight_type=QuantType.QInt8)
+    import onnx
+
+    quantize_dynamic(
+        str(onnx_path),
+        str(target),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        # fused contrib operators have no inferred output types; they are all float
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     int8 = OnnxRunner(target, tokenizer_path).predict_proba(texts)
     agreement = float(np.mean(int8.argmax(1) == fp32.argmax(1)))
     report = QuantizationReport(

@@ -55,6 +55,10 @@ def test_exported_onnx_matches_torch_and_declares_its_interface(fe_result) -> No
     mv = registry.get("b10", result.metadata.version)
     assert result.metadata.onnx.parity_max_abs_diff <= 1e-4
     graph = onnx.load(str(mv.onnx_path)).graph
+    # the transformer optimizer fused MiniLM's six attention blocks (and more)
+    assert result.metadata.onnx.fused is not None and result.metadata.onnx.fused["Attention"] == 6
+    assert sum(n.op_type == "Attention" for n in graph.node) == 6
+    assert not (mv.path / "model.fused.onnx").exists()
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in graph.output] == ["probabilities", "logits"]
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
