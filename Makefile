@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 export ORT_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install system-deps serve test test-container bench audit lint format clean
+.PHONY: install system-deps checkov serve test test-container bench audit lint format clean
 
 install: $(STAMP)
 
@@ -25,12 +25,22 @@ $(STAMP): pyproject.toml
 serve: install
 	$(BIN)/python -m service
 
-# tests/cluster starts real PostgreSQL and SeaweedFS processes; this installs the former
-# from Debian when missing (SeaweedFS comes from PyPI with the dev extra).
+# tests/cluster starts real PostgreSQL and SeaweedFS processes, tests/deploy haproxy and
+# Prometheus; this installs the Debian packages of the missing ones (SeaweedFS comes from
+# PyPI with the dev extra).
 system-deps:
-	bash tests/cluster/install_postgres.sh
+	bash tests/install_system_deps.sh
 
-test: install lint system-deps
+# checkov (policy scanner for deploy/k8s) in its own environment: its pins clash with ours.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_STAMP := .venv-checkov/.installed-$(CHECKOV_VERSION)
+checkov: $(CHECKOV_STAMP)
+$(CHECKOV_STAMP):
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet "checkov==$(CHECKOV_VERSION)"
+	touch $@
+
+test: install lint system-deps checkov
 	$(BIN)/python -m pytest -q -ra
 
 # Benchmarks (long: the full learning curve takes hours on 2 CPU cores); results in bench/results/.

@@ -65,13 +65,22 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def raw_ort(graph: Path, texts: list[str], threads: int, n_latency: int) -> dict[str, float]:
+def raw_ort(
+    graph: Path, texts: list[str], threads: int, n_latency: int, latency_threads: int
+) -> dict[str, float]:
+    """Plain onnxruntime on the same graph: single-text latency with the service worker's
+    own session settings (`latency_threads` = REFIT_THREADS: a worker answers a lone request
+    with that many threads), throughput at batch 32 with all `threads` (the whole machine,
+    as the service's workers together)."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    def session_with(n: int):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = n
+        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+    session = session_with(latency_threads)
     tokenizer = Tokenizer.from_file(str(graph.parent / "tokenizer.json"))
 
     def run(batch: list[str]) -> np.ndarray:
@@ -87,6 +96,9 @@ def raw_ort(graph: Path, texts: list[str], threads: int, n_latency: int) -> dict
         start = time.perf_counter()
         run([t])
         lat.append((time.perf_counter() - start) * 1000)
+    session = session_with(threads)
+    for i in range(0, 64, 32):
+        run(texts[i : i + 32])
     start = time.perf_counter()
     for i in range(0, len(texts), 32):
         run(texts[i : i + 32])
@@ -96,6 +108,7 @@ def raw_ort(graph: Path, texts: list[str], threads: int, n_latency: int) -> dict
         "p99_ms_c1": round(percentile(lat, 99), 2),
         "texts_per_s_batch32": round(len(texts) / elapsed, 1),
         "threads": threads,
+        "latency_threads": latency_threads,
     }
 
 
@@ -240,7 +253,13 @@ def main() -> int:
         try:
             mv = open_state(Settings(home=server.home))[1].get("default", "production")
             graph = mv.graph_path(cuda=False, allow_int8=policy != "never")
-            raw = raw_ort(graph, test_texts, threads=2, n_latency=n_latency)
+            raw = raw_ort(
+                graph,
+                test_texts,
+                threads=2,
+                n_latency=n_latency,
+                latency_threads=int(server.env["REFIT_THREADS"]),
+            )
             service = measure_service(server, test_texts, n_latency, args.concurrency)
         finally:
             server.stop()
@@ -283,7 +302,7 @@ def main() -> int:
         "settings": {
             "workers": 2,
             "ort_threads_per_worker": 1,
-            "raw_threads": 2,
+            "raw_threads": "1 for single-text latency (as a service worker), 2 for batch-32 throughput",
             "client": "stdlib http.client, keep-alive, one thread per concurrent client, same machine",
         },
         "graphs": graphs,

@@ -244,6 +244,8 @@ class Refit:
                 metrics.LIVE_ACCURACY.labels(name, version).set(row["accuracy"])
         with contextlib.suppress(StoreUnavailable):
             await asyncio.to_thread(self._judge_shadow)
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.to_thread(self._fleet_metrics)
         report = await asyncio.to_thread(self._drift)
         if report is not None and report["label_js_divergence"] is not None:
             metrics.DRIFT_JS.labels(name, report["version"]).set(report["label_js_divergence"])
@@ -326,6 +328,11 @@ class Refit:
     def _batch_series(name: str) -> tuple[Any, Any]:
         return metrics.INFERENCE_LATENCY.labels(name), metrics.BATCH_SIZE.labels(name)
 
+    @staticmethod
+    @functools.cache
+    def _request_series(name: str, version: str) -> Any:
+        return metrics.REQUEST_LATENCY.labels(name, version)
+
     def _record_batch(self, model: LoadedModel, size: int, seconds: float) -> None:
         latency, sizes = self._batch_series(model.name)
         latency.observe(seconds)
@@ -340,6 +347,7 @@ class Refit:
     async def classify(self, texts: list[str], top_k: int) -> JSONResponse:
         """`/predict` after its body parsed: reached through BentoML's api above, or straight
         from `PredictFastPath` for well-formed bodies (the same code either way)."""
+        entered = time.perf_counter()
         limits = self.settings
         if not texts:
             return error(400, "texts must not be empty", fix='send {"texts": ["some text"]}')
@@ -418,6 +426,7 @@ class Refit:
             task.add_done_callback(self._background.discard)
         if self.settings.log_texts:
             log.info("predict %r -> %s", texts, [p["label"] for p in predictions])
+        self._request_series(model.name, model.version).observe(time.perf_counter() - entered)
         return JSONResponse(
             {"model": model.name, "version": model.version, "predictions": predictions},
             headers={
@@ -618,6 +627,31 @@ class Refit:
             metrics.CHALLENGERS_REJECTED.labels(job.model, source).inc()
         metrics.RETRAIN_DURATION.observe(time.monotonic() - started)
         return job.to_dict()
+
+    def _fleet_metrics(self) -> None:
+        """Workers' heartbeats and the job history as gauges (see metrics.WORKER_HEARTBEAT_AGE)."""
+        name, now = self.settings.model_name, time.time()
+        for worker in self.store.workers():
+            age = now - float(worker["heartbeat_at"])
+            if worker["state"] != "stopped" and age < 86_400:
+                metrics.WORKER_HEARTBEAT_AGE.labels(worker["id"]).set(round(age, 1))
+        jobs = self.store.list_jobs(name, limit=50)
+        for state in ("queued", "running"):
+            metrics.JOBS.labels(name, state).set(sum(j.state == state for j in jobs))
+        finished = sorted(
+            (j for j in jobs if j.finished_at is not None), key=lambda j: -float(j.finished_at)
+        )
+        streak = 0
+        for job in finished:
+            if job.state not in ("failed", "interrupted"):
+                break
+            streak += 1
+        metrics.RETRAIN_FAILURES_IN_A_ROW.labels(name).set(streak)
+        if finished and finished[0].started_at is not None:
+            last = finished[0]
+            metrics.RETRAIN_LAST_DURATION.labels(name, last.state).set(
+                round(float(last.finished_at) - float(last.started_at), 1)
+            )
 
     # -- admin (FastAPI routes, so they can be GET and take path parameters) ---------------
     @admin.get("/models")

@@ -114,6 +114,40 @@ SHADOW_LATENCY = Histogram(
 SHADOW_DECISIONS = Counter(
     "refit_shadow_decisions", "Shadow versions promoted or dropped", ["model", "outcome"]
 )
+REQUEST_LATENCY = Histogram(
+    "refit_request_duration_seconds",
+    "Server time of one /predict request in the service's code (validation, batch wait,"
+    " inference, answer), by model and the version that answered",
+    ["model", "version"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+# Fleet state read from the shared store by every replica (each trigger poll): the same
+# value on every replica, so dashboards and alerts take max() across them.
+WORKER_HEARTBEAT_AGE = Gauge(
+    "refit_worker_heartbeat_age_seconds",
+    "Seconds since a `refit worker` last wrote its heartbeat (workers seen in the last day,"
+    " not stopped)",
+    ["worker"],
+    multiprocess_mode="mostrecent",
+)
+JOBS = Gauge(
+    "refit_jobs",
+    "Retrain jobs queued or running, fleet-wide",
+    ["model", "state"],
+    multiprocess_mode="mostrecent",
+)
+RETRAIN_FAILURES_IN_A_ROW = Gauge(
+    "refit_retrain_failures_in_a_row",
+    "Finished retrain jobs that failed or were interrupted since the last that succeeded",
+    ["model"],
+    multiprocess_mode="mostrecent",
+)
+RETRAIN_LAST_DURATION = Gauge(
+    "refit_retrain_last_duration_seconds",
+    "Run time of the latest finished retrain job, by its outcome",
+    ["model", "outcome"],
+    multiprocess_mode="mostrecent",
+)
 
 
 class _KeepVersions:

@@ -80,6 +80,8 @@ class Worker:
             except StoreUnavailable as exc:  # keep training; the result waits for the store
                 log.warning("job %s: heartbeat not recorded: %s", job_id, exc)
                 continue
+            if held:
+                self._seen(job_id, "running")  # the worker's own heartbeat (metrics, alerts)
             if not held:  # finished (the trainer is exiting), reaped or cancelled
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(10)

@@ -71,6 +71,24 @@ def test_a_retrain_sent_to_a_is_run_by_a_worker_and_served_by_b_within_2s(fleet:
             print("replica B:", cb.get("/models").json()["serving"])
         assert time.monotonic() - done <= 2.0
         assert ca.get(f"/jobs/{job_id}").json() == cb.get(f"/jobs/{job_id}").json()
+        # fleet gauges from the shared store, on every replica (dashboard, alerts)
+
+        def fleet_gauges(client) -> bool:
+            text = client.get("/metrics").text
+            ages = {
+                line.split('worker="')[1].split('"')[0]: float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("refit_worker_heartbeat_age_seconds{")
+            }
+            return (
+                sum(age < 5 for age in ages.values()) >= len(fleet.workers)
+                and 'refit_retrain_failures_in_a_row{model="default"} 0.0' in text
+                and 'refit_retrain_last_duration_seconds{model="default",outcome="succeeded"}'
+                in text
+            )
+
+        for client in (ca, cb):
+            wait_until(lambda c=client: fleet_gauges(c), 10.0, "fleet gauges on each replica")
 
 
 def test_16_clients_see_only_production_versions_through_promotions_and_a_rollback(

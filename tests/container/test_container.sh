@@ -67,8 +67,9 @@ trap cleanup EXIT
 run_until_ready() {
   podman rm -f "$NAME" >/dev/null 2>&1 || true
   local t0; t0=$(python3 -c 'import time; print(time.time())')
+  # read-only root filesystem, writable /data and /tmp only: as the Kubernetes pods run
   podman run -d --init --name "$NAME" --network host -e REFIT_PORT="$PORT" -e REFIT_API_TOKEN=$TOKEN \
-    -v "$VOLUME:/data" "$IMAGE" >/dev/null
+    --read-only --tmpfs /tmp:rw,size=512m -v "$VOLUME:/data" "$IMAGE" >/dev/null
   for _ in $(seq 1 300); do
     if curl -fsS "$URL/readyz" >/dev/null 2>&1; then
       python3 -c "import time; print(round(time.time() - $t0, 1))"; return 0
