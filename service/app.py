@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.metadata
+import json
 import logging
 import os
 import random
@@ -21,13 +23,19 @@ from typing import Any, Literal
 
 import bentoml
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse
 
-from models import CorruptVersionError, RegistryError, RegistryUnavailable
-from service import metrics
+from models import (
+    CorruptVersionError,
+    InvalidModelNameError,
+    RegistryError,
+    RegistryUnavailable,
+    validate_model_name,
+)
+from service import metrics, v2
 from service.drift import drift_report
 from service.middleware import (
     BoundedMetricsMiddleware,
@@ -38,7 +46,15 @@ from service.middleware import (
     RetrainSubmitMiddleware,
     format_errors,
 )
-from service.runtime import LoadedModel, MicroBatcher, ModelHolder, release_memory
+from service.runtime import (
+    LoadedModel,
+    MicroBatcher,
+    ModelHolder,
+    ModelLoadError,
+    ModelPool,
+    UnknownModel,
+    release_memory,
+)
 from service.schemas import (
     Example,
     FeedbackRequest,
@@ -131,6 +147,24 @@ class Refit:
             max_latency_ms=self.settings.max_latency_ms,
             on_batch=self._record_batch,
         )
+        # other named models, loaded on their first request (REFIT_MAX_LOADED_MODELS)
+        self.pool = ModelPool(
+            self.registry,
+            max_loaded=self.settings.max_loaded_models,
+            load_kwargs={
+                "threads": self.settings.threads,
+                "graph_optimization": self.settings.graph_optimization,
+                "device": self.settings.device,
+                "allow_int8": self.settings.quantize != "never",
+            },
+            batcher_kwargs={
+                "max_texts": self.settings.max_batch_texts,
+                "max_latency_ms": self.settings.max_latency_ms,
+                "on_batch": self._record_batch,
+            },
+            on_change=lambda model, event: metrics.MODEL_LOADS.labels(model, event).inc(),
+        )
+        self.pool.pin(self.settings.model_name, self.holder, self.batcher)
         # a challenger that passed the offline gate, scoring a sample of live traffic
         self.shadow_holder = ModelHolder(
             self.registry,
@@ -196,6 +230,8 @@ class Refit:
                 await asyncio.sleep(self.settings.swap_poll_s)
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self._swap)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.pool.refresh)
 
         async def triggers() -> None:
             while True:
@@ -340,14 +376,42 @@ class Refit:
 
     # -- prediction ------------------------------------------------------------------------
     @bentoml.api
-    async def predict(self, texts: list[str], top_k: int = 1) -> PredictResponse:
-        """Classify texts; concurrent requests share one onnxruntime call."""
-        return await self.classify(texts, top_k)
+    async def predict(
+        self, texts: list[str], top_k: int = 1, model: str | None = None
+    ) -> PredictResponse:
+        """Classify texts; concurrent requests share one onnxruntime call. `model` names a
+        model (default: REFIT_MODEL_NAME), loaded on its first request."""
+        return await self.classify(texts, top_k, model)
 
-    async def classify(self, texts: list[str], top_k: int) -> JSONResponse:
+    async def classify(
+        self, texts: list[str], top_k: int, model: str | None = None, version: str | None = None
+    ) -> JSONResponse:
         """`/predict` after its body parsed: reached through BentoML's api above, or straight
-        from `PredictFastPath` for well-formed bodies (the same code either way)."""
+        from `PredictFastPath` for well-formed bodies (the same code either way); V2 `infer`
+        too (`version`: that version, not production)."""
         entered = time.perf_counter()
+        limits = self.settings
+        name = model or limits.model_name
+        if name != limits.model_name or version is not None:
+            return await self._classify_named(texts, top_k, name, version, entered)
+        problem = self._check_predict(texts, top_k)
+        if problem is not None:
+            return problem
+        # No registry check here: the watcher swaps models off the event loop (loading and
+        # hashing a version takes ~0.3 s that would stall every request of this worker).
+        if self.holder.model is None:
+            return error(
+                503,
+                self.holder.error or "no model loaded yet",
+                fix="train one: POST /retrain/submit",
+            )
+        started = time.perf_counter()
+        served, probs = await self.batcher.submit(texts)
+        seconds = time.perf_counter() - started
+        return self._answer(texts, top_k, served, probs, seconds, entered, default=True)
+
+    def _check_predict(self, texts: list[str], top_k: int) -> JSONResponse | None:
+        """The request's texts and top_k within the limits, or the 4xx saying what is not."""
         limits = self.settings
         if not texts:
             return error(400, "texts must not be empty", fix='send {"texts": ["some text"]}')
@@ -374,24 +438,57 @@ class Refit:
                 )
         if not 1 <= top_k <= limits.max_top_k:
             return error(400, f"top_k must be between 1 and {limits.max_top_k}, got {top_k}")
-        # No registry check here: the watcher swaps models off the event loop (loading and
-        # hashing a version takes ~0.3 s that would stall every request of this worker).
-        if self.holder.model is None:
+        return None
+
+    async def _classify_named(
+        self, texts: list[str], top_k: int, name: str, version: str | None, entered: float
+    ) -> JSONResponse:
+        try:
+            validate_model_name(name)
+        except InvalidModelNameError as exc:
+            return error(400, f"invalid model name: {exc}")
+        problem = self._check_predict(texts, top_k)
+        if problem is not None:
+            return problem
+        try:
+            entry = await self.pool.acquire(name, version)
+        except UnknownModel as exc:
             return error(
-                503,
-                self.holder.error or "no model loaded yet",
-                fix="train one: POST /retrain/submit",
+                404, str(exc), fix="list models with GET /models; train one: POST /retrain/submit"
             )
-        started = time.perf_counter()
-        model, probs = await self.batcher.submit(texts)
+        except (ModelLoadError, RegistryUnavailable) as exc:
+            return JSONResponse(
+                {"error": f"{exc}", "fix": "retry later"},
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        try:
+            started = time.perf_counter()
+            served, probs = await entry.batcher.submit(texts)
+        finally:
+            self.pool.release(entry)
         seconds = time.perf_counter() - started
+        return self._answer(texts, top_k, served, probs, seconds, entered, default=False)
+
+    def _answer(
+        self,
+        texts: list[str],
+        top_k: int,
+        model: LoadedModel,
+        probs: np.ndarray,
+        seconds: float,
+        entered: float,
+        *,
+        default: bool,
+    ) -> JSONResponse:
+        """The JSON answer, counters, and (the default model) drift and shadow bookkeeping."""
         k = min(top_k, len(model.labels))
         top = np.argsort(-probs, axis=1)[:, :k]
         predictions = []
         now = time.time()
         request_id = os.urandom(8).hex()
         keep_ids = self.settings.prediction_window > 0 and len(self._served_ids) < 50_000
-        shadowed = self._shadow_sample(len(texts))
+        shadowed = default and self._shadow_sample(len(texts))
         served_rows = self._served_ids if not shadowed else []
         for i, (text, row, order) in enumerate(zip(texts, probs, top, strict=True)):
             best = model.labels[int(order[0])]
@@ -402,10 +499,11 @@ class Refit:
                     (prediction_id, model.name, model.version, best, round(score, 6), now)
                 )
             self._counter(model, best).inc()
-            seen = self._traffic.setdefault((model.version, best), [0, 0.0])
-            seen[0] += 1
-            seen[1] += score
-            if score < self.settings.uncertain_below and len(self._uncertain) < 1000:
+            if default:  # drift and uncertain inputs are tracked for the default model
+                seen = self._traffic.setdefault((model.version, best), [0, 0.0])
+                seen[0] += 1
+                seen[1] += score
+            if default and score < self.settings.uncertain_below and len(self._uncertain) < 1000:
                 self._uncertain.append((model.version, best, round(score, 6), text, now))
             predictions.append(
                 {
@@ -572,7 +670,8 @@ class Refit:
             await asyncio.sleep(1.0)
 
     async def _run_job(self, job_id: str) -> dict[str, Any]:
-        model = self.settings.model_name
+        queued = self.store.get_job(job_id)
+        model = queued.model if queued is not None else self.settings.model_name
         while self.store.next_in_line(model) != job_id:
             waiting = self.store.get_job(job_id)
             if waiting is None or waiting.state not in ACTIVE_STATES:
@@ -656,8 +755,45 @@ class Refit:
     # -- admin (FastAPI routes, so they can be GET and take path parameters) ---------------
     @admin.get("/models")
     def list_models(self) -> dict[str, Any]:
-        """Versions with metadata, the aliases, and what this worker serves."""
-        name = self.settings.model_name
+        """The default model (REFIT_MODEL_NAME): versions with metadata, the aliases, and
+        what this worker serves; `models` lists every model (GET /models/{name} for one)."""
+        view = self._model_view(self.settings.model_name)
+        try:
+            names = self.registry.list_models()
+        except RegistryUnavailable:
+            names = [self.settings.model_name]
+        summaries = [self._model_summary(n) for n in sorted(set(names) | {view["model"]})]
+        view["models"] = [m for m in summaries if m["production"] or m["default"]]
+        view["pool"] = self.pool.view()  # this worker's loaded models
+        return view
+
+    @admin.get("/models/{name}", responses=error_responses(400, 404))
+    def get_model(self, name: str) -> Any:
+        """One model: versions, aliases, what this worker serves of it, readiness."""
+        try:
+            validate_model_name(name)
+        except InvalidModelNameError as exc:
+            return error(400, f"invalid model name: {exc}")
+        view = self._model_view(name)
+        if not view["versions"] and name != self.settings.model_name:
+            return error(404, f"no model {name!r}", fix="list models with GET /models")
+        return view
+
+    def _model_summary(self, name: str) -> dict[str, Any]:
+        aliases = self.registry.aliases(name)
+        entry = self.pool.entries.get((name, None))
+        served = entry.holder.model if entry is not None else None
+        return {
+            "name": name,
+            "production": aliases.get("production"),
+            "default": name == self.settings.model_name,
+            "loaded_here": served.version if served else None,
+        }
+
+    def _model_view(self, name: str) -> dict[str, Any]:
+        default = name == self.settings.model_name
+        entry = self.pool.entries.get((name, None))
+        holder = self.holder if default else (entry.holder if entry else None)
         aliases = self.registry.aliases(name)
         versions = []
         registry_error = None
@@ -680,8 +816,9 @@ class Refit:
                 row["status"] = f"unavailable: {exc}"
                 versions.append(row)
                 continue
-            if version in self.holder.failed_versions:
-                row["status"] = f"failed to load: {self.holder.failed_versions[version]}"
+            failed = getattr(holder, "failed_versions", {})
+            if version in failed:
+                row["status"] = f"failed to load: {failed[version]}"
             else:
                 row["status"] = "ok"
             row.update(
@@ -707,28 +844,32 @@ class Refit:
                 parent_version=meta.parent_version,
             )
             versions.append(row)
-        served = self.holder.model
+        served = holder.model if holder is not None else None
         state = self.store.trigger_state(name)
         return {
             "model": name,
+            "default": default,
             "production": aliases.get("production"),
             "previous": aliases.get("previous"),
-            "shadow": self._shadow_view(aliases),
+            "shadow": self._shadow_view(aliases) if default else None,
             "retrain_policy": {
-                "auto_retrain": self.settings.auto_retrain,
+                # triggers (feedback count, interval, drift) run for the default model
+                "auto_retrain": self.settings.auto_retrain and default,
                 **self.policy.to_dict(),
                 "state": state,
             },
-            "drift": self._drift(),
+            "drift": self._drift() if default else None,
             "live_accuracy": self.store.live_accuracy(name),
+            "ready": served is not None,
             "serving": {
                 "version": served.version if served else None,
                 "provider": served.provider if served else None,
                 "graph": served.graph if served else None,
                 "worker_pid": os.getpid(),
-                "error": self.holder.error,
-                "fetch_error": self.holder.fetch_error,
-                "last_swap": self.holder.last_swap,
+                "loaded": served is not None,
+                "error": getattr(holder, "error", None),
+                "fetch_error": getattr(holder, "fetch_error", None),
+                "last_swap": getattr(holder, "last_swap", None),
             },
             "registry": {"url": self.registry.url, "error": registry_error},
             "trainer": self.settings.trainer,
@@ -747,7 +888,27 @@ class Refit:
     )
     def promote(self, body: PromoteRequest) -> Any:
         """Make a version production (auth required when REFIT_API_TOKEN is set)."""
-        name = self.settings.model_name
+        return self._promote(self.settings.model_name, body)
+
+    @admin.post("/models/{name}/promote", responses=error_responses(400, 401, 404, 409, 413, 503))
+    def promote_named(self, name: str, body: PromoteRequest) -> Any:
+        """Make a version of model `name` production (auth required)."""
+        try:
+            validate_model_name(name)
+        except InvalidModelNameError as exc:
+            return error(400, f"invalid model name: {exc}")
+        return self._promote(name, body)
+
+    @admin.post("/models/{name}/rollback", responses=error_responses(400, 401, 409, 413, 503))
+    def rollback_named(self, name: str) -> Any:
+        """Swap production and previous of model `name` (auth required)."""
+        try:
+            validate_model_name(name)
+        except InvalidModelNameError as exc:
+            return error(400, f"invalid model name: {exc}")
+        return self._rollback(name)
+
+    def _promote(self, name: str, body: PromoteRequest) -> Any:
         shadow = self.registry.aliases(name).get("shadow")
         try:
             aliases = self.registry.promote(name, body.version)
@@ -819,11 +980,14 @@ class Refit:
     @admin.post("/models/rollback", responses=error_responses(401, 409, 413, 503))
     def rollback(self) -> Any:
         """Swap production and previous (auth required when REFIT_API_TOKEN is set)."""
+        return self._rollback(self.settings.model_name)
+
+    def _rollback(self, name: str) -> Any:
         try:
-            aliases = self.registry.rollback(self.settings.model_name)
+            aliases = self.registry.rollback(name)
         except RegistryError as exc:
             return error(409, str(exc))
-        return {"model": self.settings.model_name, **aliases}
+        return {"model": name, **aliases}
 
     @admin.post("/feedback", responses=error_responses(400, 401, 413, 503))
     def feedback(self, body: FeedbackRequest) -> Any:
@@ -832,6 +996,7 @@ class Refit:
         from training.data import DataError, build_dataset
 
         limits = self.settings
+        name = body.model or limits.model_name
         if len(body.examples) > limits.max_examples_per_request:
             return error(
                 413,
@@ -850,7 +1015,7 @@ class Refit:
                         f"{len(dataset.conflicts)} text(s) appear with different labels in this request ({shown}); keep one label per text"
                     ]
                 )
-            known = {label for _, label in self.store.dataset(limits.model_name)}
+            known = {label for _, label in self.store.dataset(name)}
             labels = known | set(dataset.labels)
             if len(labels) > limits.max_classes:
                 raise DataError(
@@ -860,9 +1025,9 @@ class Refit:
             return error(400, f"invalid examples: {exc}", problems=exc.problems[:20])
         ids = {e.text: e.prediction_id for e in body.examples}
         rows = [(t, y, ids.get(t)) for t, y in zip(dataset.texts, dataset.labels, strict=True)]
-        _, pending = self.store.add_feedback(limits.model_name, rows)
-        metrics.FEEDBACK_EXAMPLES.labels(limits.model_name).inc(len(rows))
-        metrics.FEEDBACK_PENDING.labels(limits.model_name).set(pending)
+        _, pending = self.store.add_feedback(name, rows)
+        metrics.FEEDBACK_EXAMPLES.labels(name).inc(len(rows))
+        metrics.FEEDBACK_PENDING.labels(name).set(pending)
         return {
             "accepted": len(rows),
             "duplicates_dropped": dataset.duplicates_dropped,
@@ -883,12 +1048,12 @@ class Refit:
         }
 
     @admin.get("/jobs")
-    def list_jobs(self, limit: int = 50) -> dict[str, Any]:
-        """Retrain jobs, newest first, with phase and fraction done."""
+    def list_jobs(self, limit: int = 50, model: str | None = None) -> dict[str, Any]:
+        """Retrain jobs of a model (default: REFIT_MODEL_NAME), newest first, with phase and
+        fraction done."""
         limit = max(1, min(limit, 500))
-        return {
-            "jobs": [j.to_dict() for j in self.store.list_jobs(self.settings.model_name, limit)]
-        }
+        name = model or self.settings.model_name
+        return {"jobs": [j.to_dict() for j in self.store.list_jobs(name, limit)]}
 
     @admin.post("/jobs/{job_id}/cancel", responses=error_responses(401, 404, 409, 413, 503))
     def cancel_job(self, job_id: str) -> Any:
@@ -926,6 +1091,112 @@ class Refit:
         log.info("job %s queued as a retry of %s", retried.id, job_id)
         return JSONResponse(retried.to_dict(), status_code=202)
 
+    # -- Open Inference Protocol V2 (REST): service/v2.py -------------------------------
+    @admin.get("/v2")
+    def v2_server(self) -> dict[str, Any]:
+        return {"name": "refit", "version": _VERSION, "extensions": ["binary_tensor_data"]}
+
+    @admin.get("/v2/health/live")
+    def v2_live(self) -> dict[str, Any]:
+        return {"live": True}
+
+    @admin.get("/v2/health/ready")
+    def v2_ready(self) -> Any:
+        if self.holder.model is None:
+            return JSONResponse({"error": self.holder.error or "no model loaded"}, 503)
+        return {"ready": True}
+
+    @admin.get("/v2/models/{name}")
+    def v2_metadata(self, name: str) -> Any:
+        return self._v2_metadata(name, None)
+
+    @admin.get("/v2/models/{name}/versions/{version}")
+    def v2_version_metadata(self, name: str, version: str) -> Any:
+        return self._v2_metadata(name, version)
+
+    @admin.get("/v2/models/{name}/ready")
+    async def v2_model_ready(self, name: str) -> Any:
+        return await self._v2_ready(name, None)
+
+    @admin.get("/v2/models/{name}/versions/{version}/ready")
+    async def v2_version_ready(self, name: str, version: str) -> Any:
+        return await self._v2_ready(name, version)
+
+    @admin.post("/v2/models/{name}/infer")
+    async def v2_infer(self, name: str, request: Request) -> Any:
+        return await self._v2_infer(name, None, request)
+
+    @admin.post("/v2/models/{name}/versions/{version}/infer")
+    async def v2_version_infer(self, name: str, version: str, request: Request) -> Any:
+        return await self._v2_infer(name, version, request)
+
+    def _v2_metadata(self, name: str, version: str | None) -> Any:
+        try:
+            validate_model_name(name)
+            target = version or self.registry.resolve(name, "production")
+            meta = self.registry.get(name, target).metadata
+            versions = self.registry.list_versions(name)
+        except InvalidModelNameError as exc:
+            return JSONResponse({"error": f"invalid model name: {exc}"}, 400)
+        except RegistryUnavailable as exc:
+            return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "5"})
+        except (RegistryError, LookupError, FileNotFoundError, CorruptVersionError):
+            what = f"{name}/{version}" if version else f"a production version of {name!r}"
+            return JSONResponse({"error": f"no {what}"}, 404)
+        return v2.metadata(name, versions, list(meta.labels))
+
+    async def _v2_ready(self, name: str, version: str | None) -> Any:
+        if name == self.settings.model_name and version is None:
+            ready = self.holder.model is not None
+        else:
+            try:
+                validate_model_name(name)
+                self.pool.release(await self.pool.acquire(name, version))
+                ready = True
+            except InvalidModelNameError as exc:
+                return JSONResponse({"error": f"invalid model name: {exc}"}, 400)
+            except UnknownModel as exc:
+                return JSONResponse({"error": str(exc)}, 404)
+            except (ModelLoadError, RegistryUnavailable) as exc:
+                return JSONResponse({"error": str(exc)}, 503)
+        if not ready:
+            return JSONResponse({"error": "not ready"}, 503)
+        return {"name": name, "ready": True}
+
+    async def _v2_infer(self, name: str, version: str | None, request: Request) -> Any:
+        try:
+            validate_model_name(name)
+        except InvalidModelNameError as exc:
+            return JSONResponse({"error": f"invalid model name: {exc}"}, 400)
+        try:
+            parsed = v2.parse_infer(
+                await request.body(), request.headers.get("inference-header-content-length")
+            )
+        except v2.V2Error as exc:
+            return JSONResponse({"error": str(exc)}, exc.status)
+        texts = parsed["texts"]
+        problem = self._check_predict(texts, parsed["top_k"])
+        if problem is not None:
+            return JSONResponse({"error": json.loads(problem.body)["error"]}, problem.status_code)
+        if name == self.settings.model_name and version is None:
+            if self.holder.model is None:
+                return JSONResponse({"error": self.holder.error or "no model loaded yet"}, 503)
+            served, probs = await self.batcher.submit(texts)
+        else:
+            try:
+                entry = await self.pool.acquire(name, version)
+            except UnknownModel as exc:
+                return JSONResponse({"error": str(exc)}, 404)
+            except (ModelLoadError, RegistryUnavailable) as exc:
+                return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "5"})
+            try:
+                served, probs = await entry.batcher.submit(texts)
+            finally:
+                self.pool.release(entry)
+        for row in probs:
+            self._counter(served, served.labels[int(np.argmax(row))]).inc()
+        return v2.infer_response(parsed, name, served.version, served.labels, probs)
+
     @admin.get("/jobs/{job_id}", responses=error_responses(404))
     def get_job(self, job_id: str) -> Any:
         job = self.store.get_job(job_id)
@@ -934,6 +1205,10 @@ class Refit:
         return job.to_dict()
 
 
+try:
+    _VERSION = importlib.metadata.version("refit-service")
+except importlib.metadata.PackageNotFoundError:  # a Bento or a bare checkout
+    _VERSION = "0.1.0"
 _SERVING: Any = None  # this worker's service instance, once built (see PredictFastPath)
 
 

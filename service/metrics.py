@@ -114,6 +114,11 @@ SHADOW_LATENCY = Histogram(
 SHADOW_DECISIONS = Counter(
     "refit_shadow_decisions", "Shadow versions promoted or dropped", ["model", "outcome"]
 )
+MODEL_LOADS = Counter(
+    "refit_model_loads",
+    "Named models loaded on demand or unloaded (least recently used) by a worker",
+    ["model", "event"],
+)
 REQUEST_LATENCY = Histogram(
     "refit_request_duration_seconds",
     "Server time of one /predict request in the service's code (validation, batch wait,"

@@ -34,7 +34,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 PROTECTED = ("/retrain", "/models/promote", "/models/rollback", "/models/shadow", "/feedback")
-PREDICT_FIELDS = {"texts", "top_k"}
+PREDICT_FIELDS = {"texts", "top_k", "model"}
 MAX_JSON_DEPTH = 32  # the deepest schema (retrain examples) needs 3
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
@@ -221,8 +221,10 @@ class LimitsAndAuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        protected = path.startswith(PROTECTED) or (
-            path.startswith("/jobs/") and path.endswith(("/cancel", "/retry"))
+        protected = (
+            path.startswith(PROTECTED)
+            or (path.startswith("/jobs/") and path.endswith(("/cancel", "/retry")))
+            or (path.startswith("/models/") and path.endswith(("/promote", "/rollback")))
         )
         if self._token is not None and protected:
             given = _header(scope, b"authorization") or ""
@@ -298,7 +300,7 @@ def _precheck(
             if unknown:
                 return 400, {
                     "error": f"unknown field(s) in /predict: {', '.join(map(repr, unknown[:5]))}",
-                    "fix": 'send only {"texts": [...], "top_k": N}',
+                    "fix": 'send only {"texts": [...], "top_k": N, "model": "name"}',
                 }
     return None
 
@@ -455,7 +457,10 @@ class RetrainSubmitMiddleware:
                 raise _Reject(400, f"invalid retrain request: {_format_validation(exc)}") from None
             examples = [(e.text, e.label) for e in request.examples]
             options = RetrainOptions(
-                strategy=request.strategy, mode=request.mode, promote=request.promote
+                strategy=request.strategy,
+                mode=request.mode,
+                promote=request.promote,
+                model=request.model,
             )
             return examples, options
         fmt = UPLOAD_TYPES.get(content_type)
@@ -499,7 +504,7 @@ class RetrainSubmitMiddleware:
                         f"{len(dataset.conflicts)} text(s) appear with different labels in this request ({shown}); keep one label per text"
                     ]
                 )
-            model = self.settings.model_name
+            model = options.model or self.settings.model_name
             combined: dict[str, int] = {}
             base = self.store.dataset(model) if options.mode == "append" else []
             labeled = dict(base)
@@ -518,7 +523,7 @@ class RetrainSubmitMiddleware:
             raise _Reject(400, f"invalid examples: {exc}", problems=exc.problems[:20]) from None
         job = self.store.create_job(
             model,
-            options.model_dump(),
+            options.model_dump(exclude={"model"}),
             list(zip(dataset.texts, dataset.labels, strict=True)),
             mode=options.mode,
             source="http",
@@ -579,7 +584,7 @@ class BoundedMetricsMiddleware:
         )
 
 
-PredictHandler = Callable[[list[str], int], Awaitable[Any]]
+PredictHandler = Callable[[list[str], int, str | None], Awaitable[Any]]
 
 
 class PredictFastPath:
@@ -587,8 +592,8 @@ class PredictFastPath:
     skipping BentoML's router, request context and input descriptor (~1 ms of a 3.5 ms
     answer at concurrency 1; profiled with py-spy, see docs/benchmarks.md). It runs inside
     every other middleware (BentoML's metrics and tracing, the deadline, limits and auth),
-    and only takes bodies that are exactly `{"texts": [str, ...], "top_k": int}` (top_k
-    optional): anything else (wrong types, a query string, coercible values such as
+    and only takes bodies that are exactly `{"texts": [str, ...], "top_k": int, "model":
+    str}` (top_k and model optional): anything else (wrong types, a query string, coercible values such as
     `"top_k": "3"`) goes down BentoML's path, so every validation message stays the one
     BentoML and `ErrorShapeMiddleware` give. `handler` returns None until the worker's
     service instance exists (then requests go the usual way)."""
@@ -620,12 +625,14 @@ class PredictFastPath:
         await response(scope, replay(b""), send)
 
 
-def _plain_predict(payload: Any) -> tuple[list[str], int] | None:
+def _plain_predict(payload: Any) -> tuple[list[str], int, str | None] | None:
     if type(payload) is not dict or not payload.keys() <= PREDICT_FIELDS:
         return None
-    texts, top_k = payload.get("texts"), payload.get("top_k", 1)
+    texts, top_k, model = payload.get("texts"), payload.get("top_k", 1), payload.get("model")
     if type(texts) is not list or type(top_k) is not int:
+        return None
+    if model is not None and type(model) is not str:
         return None
     if not all(type(t) is str for t in texts):
         return None
-    return texts, top_k
+    return texts, top_k, model

@@ -21,6 +21,12 @@ class RetrainRequest(BaseModel):
     strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto"
     mode: Literal["append", "replace"] = "append"
     promote: Literal["auto", "always", "never", "shadow"] = "auto"
+    model: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="the model to train (default: REFIT_MODEL_NAME); a new name creates it",
+    )
 
 
 class FeedbackExample(BaseModel):
@@ -35,6 +41,12 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     examples: list[FeedbackExample] = Field(min_length=1)
+    model: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="the model the examples are for (default: REFIT_MODEL_NAME)",
+    )
 
 
 class RetrainOptions(BaseModel):
@@ -42,6 +54,12 @@ class RetrainOptions(BaseModel):
     strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto"
     mode: Literal["append", "replace"] = "append"
     promote: Literal["auto", "always", "never", "shadow"] = "auto"
+    model: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="the model to train (default: REFIT_MODEL_NAME); a new name creates it",
+    )
 
 
 class TopLabel(BaseModel):

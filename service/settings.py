@@ -41,6 +41,13 @@ class Settings(BaseSettings):
         32 * 1024 * 1024, ge=1024, description="request body size limit (413 beyond)"
     )
     max_top_k: int = Field(100, ge=1, description="largest top_k accepted")
+    max_loaded_models: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="models a worker keeps loaded (the default one included); the least"
+        " recently used idle one is unloaded beyond this",
+    )
     api_token: SecretStr | None = Field(
         None, description="when set, retrain/promote/rollback need `Authorization: Bearer <token>`"
     )

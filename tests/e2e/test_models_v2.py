@@ -1,0 +1,229 @@
+"""Many named models in one service, loaded on demand within REFIT_MAX_LOADED_MODELS, and
+the Open Inference Protocol V2 checked with Triton's own client (tritonclient[http])."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import read_banking77, read_shared
+from tests.e2e.conftest import TOKEN, Server, make_server, submit, wait_job
+
+
+def _per_class(rows: list[tuple[str, str]], labels: set[str], n: int) -> list[tuple[str, str]]:
+    rng = random.Random(0)
+    out = []
+    for label in sorted(labels):
+        members = [r for r in rows if r[1] == label]
+        rng.shuffle(members)
+        out += members[:n]
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Iterator[tuple[Server, dict[str, set[str]], dict[str, str]]]:
+    srv = make_server(tmp_path_factory.mktemp("models"), REFIT_MAX_LOADED_MODELS="2")
+    srv.start()
+    banking = read_banking77("train")
+    all77 = {y for _, y in banking}
+    six = set(sorted(all77)[:6])
+    emotion = read_shared("emotion", "train")
+    data = {
+        "intents77": _per_class(banking, all77, 8),
+        "intents6": _per_class(banking, six, 16),
+        "binary": _per_class(emotion, {"joy", "sadness"}, 24),
+    }
+    versions: dict[str, str] = {}
+    with srv.client() as c:
+        for name, rows in data.items():
+            body = {
+                "model": name,
+                "examples": [{"text": t, "label": y} for t, y in rows],
+                "strategy": "feature_extraction",
+            }
+            r = submit(c, body)
+            assert r.status_code == 200, r.text
+            job, _ = wait_job(c, r.headers["X-Refit-Job-Id"], timeout=300)
+            assert job["state"] == "succeeded" and job["model"] == name, job
+            versions[name] = job["result"]["version"]
+    labels = {name: {y for _, y in rows} for name, rows in data.items()}
+    yield srv, labels, versions
+    srv.stop()
+
+
+def test_named_models_predict_and_list(models) -> None:
+    srv, labels, versions = models
+    with srv.client() as c:
+        listed = c.get("/models").json()
+        assert listed["model"] == "default"  # the single-model view is unchanged
+        names = {m["name"]: m for m in listed["models"]}
+        assert {"default", *labels} <= names.keys()
+        for name in labels:
+            assert names[name]["production"] == versions[name]
+            r = c.post("/predict", json={"model": name, "texts": ["I am so happy today"]})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["model"] == name and body["version"] == versions[name]
+            assert body["predictions"][0]["label"] in labels[name]
+            one = c.get(f"/models/{name}").json()
+            assert one["production"] == versions[name] and one["default"] is False
+        # no model: the default one, as before
+        assert c.post("/predict", json={"texts": ["hi"]}).json()["model"] == "default"
+        assert c.get("/models/nope").status_code == 404
+        jobs = c.get("/jobs", params={"model": "binary"}).json()["jobs"]
+        assert jobs and all(j["model"] == "binary" for j in jobs)
+
+
+def test_tritonclient_speaks_v2_to_refit(models) -> None:
+    srv, labels, versions = models
+    client = triton.InferenceServerClient(url=srv.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("binary")
+    assert not client.is_model_ready("no-such-model")
+    meta = client.get_model_metadata("intents6")
+    classes = meta["parameters"]["classes"]
+    assert set(classes) == labels["intents6"] and meta["versions"] == [versions["intents6"]]
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    texts = ["I lost my card", "how do I activate my card", "what is the exchange rate"]
+    for binary in (True, False):  # tritonclient's default binary tensors, and JSON
+        text = triton.InferInput("text", [len(texts)], "BYTES")
+        text.set_data_from_numpy(np.array(texts, dtype=object), binary_data=binary)
+        result = client.infer("intents6", [text])
+        got = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+        probs = result.as_numpy("probabilities")
+        assert probs.shape == (3, 6) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+        assert got == [classes[i] for i in probs.argmax(axis=1)]
+        assert result.get_response()["model_version"] == versions["intents6"]
+    with pytest.raises(InferenceServerException, match="does not exist"):
+        client.infer("no-such-model", [text])
+    client.close()
+
+
+def test_v2_errors_say_what_is_wrong(models) -> None:
+    srv, _, _ = models
+    url = f"{srv.url}/v2/models/binary/infer"
+    cases = [
+        ({"inputs": [{"name": "txt", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, "txt"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, "BYTES"),
+        ({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a"]}]}, "shape"),
+        ({"inputs": []}, "inputs"),
+        (
+            {
+                "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}],
+                "outputs": [{"name": "logits"}],
+            },
+            "unknown output",
+        ),
+    ]
+    for body, words in cases:
+        r = httpx.post(url, json=body, timeout=30)
+        assert r.status_code == 400 and words in r.json()["error"], (body, r.text)
+    r = httpx.post(url, content=b"{not json", timeout=30)
+    assert r.status_code == 400 and "error" in r.json()
+
+
+def test_a_version_in_the_path_serves_that_version(models) -> None:
+    srv, labels, versions = models
+    old = versions["binary"]
+    rows = _per_class(read_shared("emotion", "train"), {"joy", "sadness"}, 30)
+    with srv.client() as c:
+        r = submit(
+            c,
+            {
+                "model": "binary",
+                "examples": [{"text": t, "label": y} for t, y in rows],
+                "mode": "replace",
+                "strategy": "feature_extraction",
+                "promote": "always",
+            },
+        )
+        before = {n: c.get(f"/models/{n}").json()["production"] for n in ("intents77", "intents6")}
+        job, _ = wait_job(c, r.headers["X-Refit-Job-Id"], timeout=300)
+        new = job["result"]["version"]
+        assert new != old and c.get("/models/binary").json()["production"] == new
+        # a retrain of one model never changes the others
+        after = {n: c.get(f"/models/{n}").json()["production"] for n in ("intents77", "intents6")}
+        assert after == before
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["yay"]}]}
+    pinned = httpx.post(f"{srv.url}/v2/models/binary/versions/{old}/infer", json=body, timeout=60)
+    assert pinned.status_code == 200 and pinned.json()["model_version"] == old
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # workers swap the new production within a poll
+        latest = httpx.post(f"{srv.url}/v2/models/binary/infer", json=body, timeout=60).json()
+        if latest["model_version"] == new:
+            break
+        time.sleep(0.3)
+    assert latest["model_version"] == new
+    versions["binary"] = new
+
+
+def test_16_clients_across_three_models_beyond_the_loaded_budget(models) -> None:
+    """REFIT_MAX_LOADED_MODELS=2 with the default model and three others: models load and
+    unload all the time, yet no request fails and no answer comes from another model."""
+    srv, labels, _ = models
+    texts = [t for t, _ in read_banking77("test")[:200]]
+    names = ["intents77", "intents6", "binary", None]
+    stop = threading.Event()
+    outcomes: Counter = Counter()
+    wrong: list[str] = []
+
+    def client(i: int) -> None:
+        rng = random.Random(i)
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            while not stop.is_set():
+                name = rng.choice(names)
+                body: dict = {"texts": rng.sample(texts, rng.randint(1, 4))}
+                if name:
+                    body["model"] = name
+                try:
+                    r = c.post("/predict", json=body)
+                except httpx.HTTPError as exc:
+                    outcomes[type(exc).__name__] += 1
+                    continue
+                outcomes[r.status_code] += 1
+                if r.status_code == 200:
+                    got = r.json()
+                    if name and (
+                        got["model"] != name
+                        or any(p["label"] not in labels[name] for p in got["predictions"])
+                    ):
+                        wrong.append(f"{name}: {got['model']} {got['predictions'][0]['label']}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(20)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert outcomes[200] == sum(outcomes.values()) and outcomes[200] > 100, outcomes
+    assert wrong == []
+    metrics = httpx.get(f"{srv.url}/metrics").text
+    unloads = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("refit_model_loads_total{") and 'event="unload"' in line
+    )
+    assert unloads > 0  # the budget was really exercised
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        pool = c.get("/models").json()["pool"]
+        assert len(pool["loaded"]) <= 2 and pool["max_loaded"] == 2
+
+
+def test_named_retrain_and_promote_need_the_token(models) -> None:
+    srv, _, versions = models
+    r = httpx.post(f"{srv.url}/models/binary/rollback", timeout=30)
+    assert r.status_code == 401
+    with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        r = c.post("/models/binary/promote", json={"version": versions["binary"]})
+        assert r.status_code == 200 and r.json()["production"] == versions["binary"]
