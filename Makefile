@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 export ORT_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install system-deps checkov serve test test-container bench audit lint format clean
+.PHONY: install system-deps checkov kserve-client serve test test-container bench audit lint format clean
 
 install: $(STAMP)
 
@@ -40,7 +40,17 @@ $(CHECKOV_STAMP):
 	.venv-checkov/bin/python -m pip install --quiet "checkov==$(CHECKOV_VERSION)"
 	touch $@
 
-test: install lint system-deps checkov
+# the KServe Python SDK (its REST client checks /v2 in tests/e2e) in its own environment:
+# it brings grpcio, pandas and the Kubernetes client, none of which the service needs.
+KSERVE_VERSION := 0.21.0
+KSERVE_STAMP := .venv-kserve/.installed-$(KSERVE_VERSION)
+kserve-client: $(KSERVE_STAMP)
+$(KSERVE_STAMP):
+	test -x .venv-kserve/bin/python || $(PYTHON) -m venv .venv-kserve
+	.venv-kserve/bin/python -m pip install --quiet "kserve==$(KSERVE_VERSION)"
+	touch $@
+
+test: install lint system-deps checkov kserve-client
 	$(BIN)/python -m pytest -q -ra
 
 # Benchmarks (long: the full learning curve takes hours on 2 CPU cores); results in bench/results/.

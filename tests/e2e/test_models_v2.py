@@ -3,11 +3,14 @@ the Open Inference Protocol V2 checked with Triton's own client (tritonclient[ht
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +18,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import read_banking77, read_shared
+from tests.conftest import REPO, read_banking77, read_shared
 from tests.e2e.conftest import TOKEN, Server, make_server, submit, wait_job
 
 
@@ -227,3 +230,22 @@ def test_named_retrain_and_promote_need_the_token(models) -> None:
     with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         r = c.post("/models/binary/promote", json={"version": versions["binary"]})
         assert r.status_code == 200 and r.json()["production"] == versions["binary"]
+
+
+def test_kserve_sdk_rest_client_speaks_v2_to_refit(models) -> None:
+    srv, labels, _ = models
+    python = REPO / ".venv-kserve" / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"{python} missing: run `make kserve-client` (make test does)")
+    out = subprocess.run(
+        [str(python), str(Path(__file__).with_name("kserve_probe.py")), srv.url, "intents6"]
+        + ["I lost my card", "activate my card please"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["live"] and seen["ready"] and seen["model_ready"]
+    assert len(seen["labels"]) == 2 and set(seen["labels"]) <= labels["intents6"]
+    assert seen["probabilities_shape"] == [2, 6]
