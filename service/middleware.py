@@ -461,6 +461,7 @@ class RetrainSubmitMiddleware:
                 mode=request.mode,
                 promote=request.promote,
                 model=request.model,
+                backbone=request.backbone,
             )
             return examples, options
         fmt = UPLOAD_TYPES.get(content_type)
@@ -485,6 +486,14 @@ class RetrainSubmitMiddleware:
     def _accept(self, examples: list[tuple[Any, Any]], options: RetrainOptions):
         from training.data import DataError, build_dataset, check_class_counts
 
+        allowed = ["minilm", *sorted(self.settings.backbones)]
+        if options.backbone is not None and options.backbone not in allowed:
+            raise _Reject(
+                400,
+                f"unknown backbone {options.backbone!r}; allowed: {', '.join(allowed)}",
+                fix="name one of them, or add it to REFIT_BACKBONES"
+                ' ({"NAME": "/local/hf/folder"}) and restart',
+            )
         limit = self.settings.max_examples_per_request
         if len(examples) > limit:
             raise _Reject(

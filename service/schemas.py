@@ -27,6 +27,12 @@ class RetrainRequest(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="the model to train (default: REFIT_MODEL_NAME); a new name creates it",
     )
+    backbone: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="an encoder from REFIT_BACKBONES (default: minilm, the packaged MiniLM)",
+    )
 
 
 class FeedbackExample(BaseModel):
@@ -59,6 +65,12 @@ class RetrainOptions(BaseModel):
         max_length=64,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="the model to train (default: REFIT_MODEL_NAME); a new name creates it",
+    )
+    backbone: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="an encoder from REFIT_BACKBONES (default: minilm, the packaged MiniLM)",
     )
 
 

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         32 * 1024 * 1024, ge=1024, description="request body size limit (413 beyond)"
     )
     max_top_k: int = Field(100, ge=1, description="largest top_k accepted")
+    backbones: dict[str, Path] = Field(
+        default_factory=dict,
+        description='encoders a retrain request may name (`"backbone": NAME`), as JSON'
+        ' {"NAME": "/local/hf/folder"}; `minilm` (the packaged MiniLM) is always allowed',
+    )
     max_loaded_models: int = Field(
         4,
         ge=1,

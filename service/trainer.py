@@ -153,8 +153,15 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
 
     try:
         data = store.dataset(job.model, upto_batch=job.batch_id)
+        backbone = request.get("backbone") or "minilm"
+        if backbone != "minilm" and backbone not in settings.backbones:
+            raise ValueError(
+                f"backbone {backbone!r} is not in REFIT_BACKBONES of this trainer"
+                f" (allowed: minilm, {', '.join(sorted(settings.backbones))})"
+            )
         config = TrainConfig(
             name=job.model,
+            backbone=settings.backbones.get(backbone),
             strategy=request.get("strategy", "auto"),
             threads=settings.trainer_threads,
             contrastive_steps=settings.contrastive_steps,

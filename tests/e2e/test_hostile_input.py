@@ -277,6 +277,22 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
         "class 'a' has 1 example after de-duplication, need at least 2",
     ),
     (
+        "retrain-backbone-not-allowed",
+        "POST",
+        "/retrain/submit",
+        examples(*OK_PAIRS, backbone="bert-tiny"),
+        400,
+        "unknown backbone 'bert-tiny'; allowed: minilm",
+    ),
+    (
+        "retrain-bad-model-name",
+        "POST",
+        "/retrain/submit",
+        examples(*OK_PAIRS, model="../x"),
+        400,
+        "model: String should match pattern",
+    ),
+    (
         "retrain-conflicting-duplicates",
         "POST",
         "/retrain/submit",
