@@ -120,9 +120,10 @@ class _Conn:
         host, port = url.removeprefix("http://").split(":")
         self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
 
-    def predict(self, text: str) -> int:
+    def predict(self, text: str, model: str | None = None) -> int:
+        body = {"texts": [text]} if model is None else {"texts": [text], "model": model}
         self.conn.request(
-            "POST", "/predict", json.dumps({"texts": [text]}), {"content-type": "application/json"}
+            "POST", "/predict", json.dumps(body), {"content-type": "application/json"}
         )
         response = self.conn.getresponse()
         response.read()
@@ -143,9 +144,12 @@ def http_latency(url: str, texts: list[str]) -> list[float]:
     return out
 
 
-def http_throughput(url: str, texts: list[str], concurrency: int) -> tuple[float, int, list[float]]:
-    """`concurrency` clients, each a thread with its own connection, one text per request."""
-    todo = iter(texts)
+def http_throughput(
+    url: str, texts: list[str], concurrency: int, models: list[str | None] | None = None
+) -> tuple[float, int, list[float]]:
+    """`concurrency` clients, each a thread with its own connection, one text per request
+    (to `models[i % len(models)]` for the i-th text when given: mixed traffic)."""
+    todo = iter(enumerate(texts))
     lock = threading.Lock()
     errors = 0
     lat: list[float] = []
@@ -155,11 +159,12 @@ def http_throughput(url: str, texts: list[str], concurrency: int) -> tuple[float
         conn = _Conn(url)
         while True:
             with lock:
-                text = next(todo, None)
-            if text is None:
+                item = next(todo, None)
+            if item is None:
                 return
+            i, text = item
             start = time.perf_counter()
-            status = conn.predict(text)
+            status = conn.predict(text, models[i % len(models)] if models else None)
             took = (time.perf_counter() - start) * 1000
             with lock:
                 lat.append(took)
@@ -224,12 +229,108 @@ def measure_service(server, texts: list[str], n_latency: int, concurrency: int) 
     }
 
 
+def models_bench(count: int, quick: bool, concurrency: int) -> dict:
+    """`count` models in one service (the default one + count-1 trained over HTTP): texts/s
+    with one model vs mixed traffic over all, worker memory per loaded model, the first
+    request to a cold model (load included) vs a warm one."""
+    test_texts = [t for t, _ in banking77_texts("test")][: 300 if quick else 3000]
+    tmp = Path(tempfile.mkdtemp(prefix="refit-bench-models-"))
+    server = make_server(
+        tmp,
+        REFIT_DEFAULT_DATA=str(first_model_csv(tmp)),
+        REFIT_API_TOKEN="",
+        REFIT_WORKERS="1",  # one worker: its memory is the per-model cost
+        REFIT_MAX_LOADED_MODELS=str(count),
+        REFIT_AUTO_RETRAIN="false",
+    )
+    server.start()
+    try:
+        rows = banking77_texts("train")
+        labels = sorted({y for _, y in rows})
+        names: list[str | None] = [None]
+        with httpx.Client(base_url=server.url, timeout=600) as c:
+            for k in range(1, count):
+                subset = set(labels[(k - 1) * 20 : k * 20])
+                seen: dict[str, int] = {}
+                examples = []
+                for t, y in rows:
+                    if y in subset and seen.get(y, 0) < 8:
+                        seen[y] = seen.get(y, 0) + 1
+                        examples.append({"text": t, "label": y})
+                name = f"intents{k}"
+                r = c.post(
+                    "/retrain/submit",
+                    json={"model": name, "examples": examples, "strategy": "feature_extraction"},
+                )
+                job_id = r.headers["X-Refit-Job-Id"]
+                while c.get(f"/jobs/{job_id}").json()["state"] in ("queued", "running"):
+                    time.sleep(1)
+                names.append(name)
+            rss = {"default only": sum(worker_rss_mb(server.proc.pid))}
+            cold = {}
+            for name in names[1:]:
+                start = time.perf_counter()
+                assert c.post("/predict", json={"model": name, "texts": ["hi"]}).status_code == 200
+                first = (time.perf_counter() - start) * 1000
+                warm = []
+                for t in test_texts[:50]:
+                    start = time.perf_counter()
+                    c.post("/predict", json={"model": name, "texts": [t]})
+                    warm.append((time.perf_counter() - start) * 1000)
+                cold[name] = {
+                    "first_request_ms": round(first, 1),
+                    "warm_p50_ms": round(percentile(warm, 50), 2),
+                }
+                rss[f"+ {name}"] = sum(worker_rss_mb(server.proc.pid))
+        one, err1, lat1 = http_throughput(server.url, test_texts, concurrency)
+        mixed, err3, lat3 = http_throughput(server.url, test_texts, concurrency, names)
+    finally:
+        server.stop()
+    steps = list(rss.values())
+    return {
+        "models": count,
+        "concurrency": concurrency,
+        "one_model": {
+            "texts_per_s": round(one, 1),
+            "p50_ms": round(percentile(lat1, 50), 2),
+            "errors": err1,
+        },
+        "mixed": {
+            "texts_per_s": round(mixed, 1),
+            "p50_ms": round(percentile(lat3, 50), 2),
+            "errors": err3,
+        },
+        "mixed_vs_one": round(mixed / one, 3),
+        "worker_rss_mb": rss,
+        "mb_per_extra_model": [round(b - a, 1) for a, b in zip(steps, steps[1:], strict=False)],
+        "cold_model": cold,
+        "note": "one inference worker (REFIT_WORKERS=1) so its RSS is the per-model cost;"
+        " the extra models are 20-intent Banking77 subsets, 8 per class, feature extraction",
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few requests: a smoke test")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "serve_bench.json"))
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--models",
+        type=int,
+        default=0,
+        help="N > 1: the multi-model benchmark instead (bench/results/serve_bench_models.json)",
+    )
     args = parser.parse_args()
+    if args.models > 1:
+        result = {
+            "benchmark": "serve --models",
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            **models_bench(args.models, args.quick, 16),
+        }
+        out = Path(args.out).with_name("serve_bench_models.json")
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
     n_latency = 30 if args.quick else 500
     n_throughput = 128 if args.quick else 3000
     test_texts = [t for t, _ in banking77_texts("test")][:n_throughput]

@@ -201,10 +201,23 @@ class Refit:
         _SERVING = self
 
     def _versions_to_expose(self) -> dict[str, set[str]]:
-        name = self.settings.model_name
-        keep = set(self.registry.aliases(name).values())
-        keep.update(m.version for m in (self.holder.model, self.shadow_holder.model) if m)
-        return {name: keep}
+        """Per model, the versions whose metric series stay exposed: aliased or loaded here
+        (every model of the registry, so named models' retired versions drop out too)."""
+        entries = list(self.pool.entries.items())
+        try:
+            names = set(self.registry.list_models())
+        except RegistryUnavailable:
+            names = set()
+        names |= {self.settings.model_name} | {key[0] for key, _ in entries}
+        keep: dict[str, set[str]] = {}
+        for name in names:
+            keep[name] = set(self.registry.aliases(name).values())
+        for (name, _), entry in entries:
+            if entry.holder.model is not None:
+                keep[name].add(entry.holder.model.version)
+        if self.shadow_holder.model is not None:
+            keep[self.settings.model_name].add(self.shadow_holder.model.version)
+        return keep
 
     # -- lifecycle -------------------------------------------------------------------------
     def __is_ready__(self) -> bool:
