@@ -434,6 +434,17 @@ class Registry:
 
         return self._move_aliases(name, change)
 
+    def delete_model(self, name: str) -> list[str]:
+        """Remove every alias, then every version of `name` (replicas stop serving it once
+        the aliases are gone); returns the versions removed."""
+        validate_model_name(name)
+        self._move_aliases(name, lambda aliases: {} if aliases else None)
+        removed = []
+        for version in self.list_versions(name):
+            self.storage.remove(name, version)
+            removed.append(version)
+        return removed
+
     def delete(self, name: str, version: str) -> None:
         aliased = {v: k for k, v in self.aliases(name).items()}
         if version in aliased:

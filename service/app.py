@@ -58,6 +58,7 @@ from service.runtime import (
 from service.schemas import (
     Example,
     FeedbackRequest,
+    ModelSettings,
     PredictResponse,
     PromoteRequest,
     error_responses,
@@ -244,7 +245,7 @@ class Refit:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self._swap)
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.pool.refresh)
+                    self.pool.drop(await asyncio.to_thread(self.pool.refresh))
 
         async def triggers() -> None:
             while True:
@@ -306,7 +307,11 @@ class Refit:
             return
         drift = report["label_js_divergence"] if report else None
         job = await asyncio.to_thread(
-            self.store.maybe_trigger, name, self.policy, drift=drift, owner_pid=os.getpid()
+            self.store.maybe_trigger,
+            name,
+            self._policy(name),
+            drift=drift,
+            owner_pid=os.getpid(),
         )
         if job is None:
             return
@@ -603,7 +608,9 @@ class Refit:
         report = self.store.shadow_report(name, production, shadow)
         if report["labeled"] < self.settings.shadow_min_labeled:
             return None
-        tolerance = self.settings.promotion_tolerance
+        tolerance = self._overrides(name).get(
+            "promotion_tolerance", self.settings.promotion_tolerance
+        )
         better = report["shadow_accuracy"] >= report["production_accuracy"] - tolerance
         if self.registry.end_shadow(name, shadow, promote=better) is None:
             return None  # decided elsewhere first
@@ -740,6 +747,42 @@ class Refit:
         metrics.RETRAIN_DURATION.observe(time.monotonic() - started)
         return job.to_dict()
 
+    _OVERRIDABLE = {
+        "feature_extraction_below": "feature_extraction_below",
+        "fine_tuning_at": "fine_tuning_at",
+        "time_budget_s": "time_budget_s",
+        "promotion_tolerance": "promotion_tolerance",
+        "retrain_min_pending": "retrain_min_pending",
+        "retrain_interval_s": "retrain_interval_s",
+        "drift_threshold": "drift_threshold",
+    }
+
+    def _overrides(self, name: str) -> dict[str, Any]:
+        try:
+            return self.store.model_settings(name)
+        except StoreUnavailable:
+            return {}
+
+    def _effective_settings(self, name: str) -> dict[str, Any]:
+        overrides = self._overrides(name)
+        return {
+            "overrides": overrides,
+            "effective": {
+                key: overrides.get(key, getattr(self.settings, attr))
+                for key, attr in self._OVERRIDABLE.items()
+            },
+        }
+
+    def _policy(self, name: str) -> RetrainPolicy:
+        """The trigger policy of `name`: REFIT_* settings, then the model's overrides."""
+        overrides = self._overrides(name)
+        return RetrainPolicy(
+            min_pending=overrides.get("retrain_min_pending", self.policy.min_pending),
+            interval_s=overrides.get("retrain_interval_s", self.policy.interval_s),
+            drift_threshold=overrides.get("drift_threshold", self.policy.drift_threshold),
+            backoff_s=self.policy.backoff_s,
+        )
+
     def _fleet_metrics(self) -> None:
         """Workers' heartbeats and the job history as gauges (see metrics.WORKER_HEARTBEAT_AGE)."""
         name, now = self.settings.model_name, time.time()
@@ -868,9 +911,10 @@ class Refit:
             "retrain_policy": {
                 # triggers (feedback count, interval, drift) run for the default model
                 "auto_retrain": self.settings.auto_retrain and default,
-                **self.policy.to_dict(),
+                **self._policy(name).to_dict(),
                 "state": state,
             },
+            "settings": self._effective_settings(name),
             "drift": self._drift() if default else None,
             "live_accuracy": self.store.live_accuracy(name),
             "ready": served is not None,
@@ -912,7 +956,7 @@ class Refit:
             return error(400, f"invalid model name: {exc}")
         return self._promote(name, body)
 
-    @admin.post("/models/{name}/rollback", responses=error_responses(400, 401, 409, 413, 503))
+    @admin.post("/models/{name}/rollback", responses=error_responses(400, 401, 404, 409, 413, 503))
     def rollback_named(self, name: str) -> Any:
         """Swap production and previous of model `name` (auth required)."""
         try:
@@ -920,6 +964,58 @@ class Refit:
         except InvalidModelNameError as exc:
             return error(400, f"invalid model name: {exc}")
         return self._rollback(name)
+
+    @admin.delete("/models/{name}", responses=error_responses(400, 401, 404, 409, 413, 503))
+    def delete_model(self, name: str) -> Any:
+        """Delete a model: its versions, aliases, stored examples, jobs and overrides (auth
+        required). Refused for the service's default model and while a job of it is queued
+        or running."""
+        try:
+            validate_model_name(name)
+        except InvalidModelNameError as exc:
+            return error(400, f"invalid model name: {exc}")
+        if name == self.settings.model_name:
+            return error(
+                409,
+                f"{name!r} is this service's default model (REFIT_MODEL_NAME)",
+                fix="serve another default model first",
+            )
+        active = [j.id for j in self.store.list_jobs(name, 500) if j.state in ACTIVE_STATES]
+        if active:
+            return error(
+                409,
+                f"model {name!r} has {len(active)} job(s) queued or running: {', '.join(active)}",
+                fix="cancel them (POST /jobs/{id}/cancel) or wait, then delete",
+            )
+        if not self.registry.list_versions(name) and not self.registry.aliases(name):
+            return error(404, f"no model {name!r}", fix="list models with GET /models")
+        versions = self.registry.delete_model(name)
+        removed = self.store.delete_model(name)
+        log.info("model %s deleted: %d versions, %s", name, len(versions), removed)
+        return {"model": name, "deleted_versions": versions, "deleted_rows": removed}
+
+    @admin.put("/models/{name}/settings", responses=error_responses(400, 401, 413, 503))
+    def put_settings(self, name: str, body: ModelSettings) -> Any:
+        """Per-model overrides of the strategy thresholds, the time budget, the promotion
+        tolerance and the triggers (auth required); `null` restores the REFIT_* value.
+        Stored with the model in the shared store: every replica and trainer uses them."""
+        try:
+            validate_model_name(name)
+        except InvalidModelNameError as exc:
+            return error(400, f"invalid model name: {exc}")
+        changes = body.model_dump(exclude_unset=True)
+        effective = {
+            **self._effective_settings(name)["effective"],
+            **{k: v for k, v in changes.items() if v is not None},
+        }
+        if effective["feature_extraction_below"] > effective["fine_tuning_at"]:
+            return error(
+                400,
+                "feature_extraction_below must not exceed fine_tuning_at"
+                f" ({effective['feature_extraction_below']} > {effective['fine_tuning_at']})",
+            )
+        self.store.set_model_settings(name, changes)
+        return {"model": name, **self._effective_settings(name)}
 
     def _promote(self, name: str, body: PromoteRequest) -> Any:
         shadow = self.registry.aliases(name).get("shadow")
@@ -998,6 +1094,8 @@ class Refit:
     def _rollback(self, name: str) -> Any:
         try:
             aliases = self.registry.rollback(name)
+        except LookupError as exc:
+            return error(404, str(exc))
         except RegistryError as exc:
             return error(409, str(exc))
         return {"model": name, **aliases}
@@ -1113,33 +1211,38 @@ class Refit:
     def v2_live(self) -> dict[str, Any]:
         return {"live": True}
 
-    @admin.get("/v2/health/ready")
+    @admin.get("/v2/health/ready", responses=error_responses(503))
     def v2_ready(self) -> Any:
         if self.holder.model is None:
             return JSONResponse({"error": self.holder.error or "no model loaded"}, 503)
         return {"ready": True}
 
-    @admin.get("/v2/models/{name}")
+    @admin.get("/v2/models/{name}", responses=error_responses(400, 404, 503))
     def v2_metadata(self, name: str) -> Any:
         return self._v2_metadata(name, None)
 
-    @admin.get("/v2/models/{name}/versions/{version}")
+    @admin.get("/v2/models/{name}/versions/{version}", responses=error_responses(400, 404, 503))
     def v2_version_metadata(self, name: str, version: str) -> Any:
         return self._v2_metadata(name, version)
 
-    @admin.get("/v2/models/{name}/ready")
+    @admin.get("/v2/models/{name}/ready", responses=error_responses(400, 404, 503))
     async def v2_model_ready(self, name: str) -> Any:
         return await self._v2_ready(name, None)
 
-    @admin.get("/v2/models/{name}/versions/{version}/ready")
+    @admin.get(
+        "/v2/models/{name}/versions/{version}/ready", responses=error_responses(400, 404, 503)
+    )
     async def v2_version_ready(self, name: str, version: str) -> Any:
         return await self._v2_ready(name, version)
 
-    @admin.post("/v2/models/{name}/infer")
+    @admin.post("/v2/models/{name}/infer", responses=error_responses(400, 404, 413, 503))
     async def v2_infer(self, name: str, request: Request) -> Any:
         return await self._v2_infer(name, None, request)
 
-    @admin.post("/v2/models/{name}/versions/{version}/infer")
+    @admin.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        responses=error_responses(400, 404, 413, 503),
+    )
     async def v2_version_infer(self, name: str, version: str, request: Request) -> Any:
         return await self._v2_infer(name, version, request)
 

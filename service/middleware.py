@@ -224,7 +224,11 @@ class LimitsAndAuthMiddleware:
         protected = (
             path.startswith(PROTECTED)
             or (path.startswith("/jobs/") and path.endswith(("/cancel", "/retry")))
-            or (path.startswith("/models/") and path.endswith(("/promote", "/rollback")))
+            or (
+                path.startswith("/models/")
+                and path.endswith(("/promote", "/rollback", "/settings"))
+            )
+            or (scope.get("method") == "DELETE" and path.startswith("/models/"))
         )
         if self._token is not None and protected:
             given = _header(scope, b"authorization") or ""
@@ -456,13 +460,7 @@ class RetrainSubmitMiddleware:
             except ValidationError as exc:
                 raise _Reject(400, f"invalid retrain request: {_format_validation(exc)}") from None
             examples = [(e.text, e.label) for e in request.examples]
-            options = RetrainOptions(
-                strategy=request.strategy,
-                mode=request.mode,
-                promote=request.promote,
-                model=request.model,
-                backbone=request.backbone,
-            )
+            options = RetrainOptions(**request.model_dump(exclude={"examples"}))
             return examples, options
         fmt = UPLOAD_TYPES.get(content_type)
         if fmt is None:

@@ -450,6 +450,8 @@ class ModelPool:
 
     def release(self, entry: PoolEntry) -> None:
         entry.in_flight -= 1
+        if len(self.entries) > self.max_loaded:  # over budget while models were busy
+            self._evict()
 
     def _load(self, name: str, version: str | None) -> PoolEntry:
         try:
@@ -482,19 +484,33 @@ class ModelPool:
             idle = [e for e in self.entries.values() if not e.pinned and e.in_flight == 0]
             if not idle:
                 return  # all busy: over budget until they finish
-            victim = min(idle, key=lambda e: e.last_used)
-            del self.entries[victim.key]
-            victim.batcher.close()
-            self.unloads += 1
-            if self.on_change is not None:
-                self.on_change(victim.key[0], "unload")
-            log.info("unloaded %s (least recently used)", "/".join(filter(None, victim.key)))
-            release_memory()
+            self._drop(min(idle, key=lambda e: e.last_used))
 
-    def refresh(self) -> None:
+    def _drop(self, victim: PoolEntry) -> None:
+        if victim.in_flight or self.entries.get(victim.key) is not victim:
+            return
+        del self.entries[victim.key]
+        victim.batcher.close()
+        self.unloads += 1
+        if self.on_change is not None:
+            self.on_change(victim.key[0], "unload")
+        log.info("unloaded %s", "/".join(filter(None, victim.key)))
+        release_memory()
+
+    def refresh(self) -> list[PoolEntry]:
         """Follow the production alias of every loaded, unpinned model (the pinned default
-        model has its own watcher)."""
+        model has its own watcher); runs in a thread. Returns the entries whose model has no
+        production version any more (deleted): the event loop unloads them with `drop`."""
+        gone = []
         for entry in list(self.entries.values()):
             if not entry.pinned and isinstance(entry.holder, ModelHolder):
                 with contextlib.suppress(Exception):
                     entry.holder.refresh()
+                    if not self.registry.aliases(entry.key[0]).get("production"):
+                        gone.append(entry)
+        return gone
+
+    def drop(self, entries: list[PoolEntry]) -> None:
+        """Unload these entries now if idle (event loop only)."""
+        for entry in entries:
+            self._drop(entry)

@@ -13,28 +13,6 @@ class Example(BaseModel):
     label: str
 
 
-class RetrainRequest(BaseModel):
-    """Body of `POST /retrain/submit` (JSON). CSV/JSONL bodies carry the options as query parameters."""
-
-    model_config = ConfigDict(extra="forbid")
-    examples: list[Example] = Field(min_length=1)
-    strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto"
-    mode: Literal["append", "replace"] = "append"
-    promote: Literal["auto", "always", "never", "shadow"] = "auto"
-    model: str | None = Field(
-        None,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="the model to train (default: REFIT_MODEL_NAME); a new name creates it",
-    )
-    backbone: str | None = Field(
-        None,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="an encoder from REFIT_BACKBONES (default: minilm, the packaged MiniLM)",
-    )
-
-
 class FeedbackExample(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
@@ -56,6 +34,8 @@ class FeedbackRequest(BaseModel):
 
 
 class RetrainOptions(BaseModel):
+    """The options of `POST /retrain/submit` (query parameters for CSV/JSONL bodies)."""
+
     model_config = ConfigDict(extra="forbid")
     strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto"
     mode: Literal["append", "replace"] = "append"
@@ -72,6 +52,26 @@ class RetrainOptions(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="an encoder from REFIT_BACKBONES (default: minilm, the packaged MiniLM)",
     )
+
+
+class RetrainRequest(RetrainOptions):
+    """Body of `POST /retrain/submit` (JSON). CSV/JSONL bodies carry the options as query parameters."""
+
+    examples: list[Example] = Field(min_length=1)
+
+
+class ModelSettings(BaseModel):
+    """Per-model overrides (`PUT /models/{name}/settings`); a field left out keeps its value,
+    `null` goes back to the service-wide REFIT_* setting."""
+
+    model_config = ConfigDict(extra="forbid")
+    feature_extraction_below: int | None = Field(None, ge=2, le=100_000)
+    fine_tuning_at: int | None = Field(None, ge=2, le=100_000)
+    time_budget_s: float | None = Field(None, gt=0, le=86_400)
+    promotion_tolerance: float | None = Field(None, ge=0, le=1)
+    retrain_min_pending: int | None = Field(None, ge=0)
+    retrain_interval_s: float | None = Field(None, ge=0)
+    drift_threshold: float | None = Field(None, ge=0, le=1)
 
 
 class TopLabel(BaseModel):
@@ -111,7 +111,7 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
     text = {
         400: "the body could not be parsed",
         401: "missing or wrong bearer token",
-        404: "no such job or version",
+        404: "no such job, model or version",
         409: "conflicts with the current state",
         413: "request body too large",
         503: "the store or the registry is unavailable (or busy); retry after Retry-After",

@@ -743,6 +743,60 @@ class Store:
             "shadow_accuracy": round(int(shadow_ok or 0) / labeled, 4) if labeled else None,
         }
 
+    def delete_model(self, model: str) -> dict[str, int]:
+        """Everything stored about `model` (examples, jobs, traffic, predictions, aliases,
+        overrides) in one transaction; StoreBusy-free: the caller checked no job runs.
+        Returns the rows removed per table."""
+        m = {"m": model}
+        removed: dict[str, int] = {}
+        with self._tx() as db:
+            removed["examples"] = db.execute(
+                _q(
+                    "DELETE FROM examples WHERE batch_id IN (SELECT id FROM batches WHERE model=:m)"
+                ),
+                m,
+            ).rowcount
+            for table in (
+                "batches",
+                "jobs",
+                "traffic",
+                "uncertain",
+                "predictions",
+                "model_settings",
+                "model_locks",
+                "aliases",
+            ):
+                removed[table] = db.execute(_q(f"DELETE FROM {table} WHERE model=:m"), m).rowcount
+        return removed
+
+    def model_settings(self, model: str) -> dict[str, Any]:
+        """The overrides stored for `model` (only the keys that were set)."""
+        with self._read() as db:
+            raw = db.execute(
+                _q("SELECT settings FROM model_settings WHERE model=:m"), {"m": model}
+            ).scalar()
+        return json.loads(raw) if raw else {}
+
+    def set_model_settings(self, model: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Merge `changes` into the overrides of `model` (a None value removes the key);
+        returns the overrides now stored."""
+        with self._tx() as db:
+            raw = db.execute(
+                _q("SELECT settings FROM model_settings WHERE model=:m"), {"m": model}
+            ).scalar()
+            current = json.loads(raw) if raw else {}
+            current.update(changes)
+            current = {k: v for k, v in current.items() if v is not None}
+            db.execute(
+                _q(
+                    "INSERT INTO model_settings (model, settings, updated_at) VALUES (:m, :s, :t)"
+                    " ON CONFLICT (model) DO UPDATE SET settings=excluded.settings,"
+                    " updated_at=excluded.updated_at"
+                ),
+                {"m": model, "s": json.dumps(current, sort_keys=True), "t": time.time()},
+            )
+        return current
+
     def shadow_decision(self, model: str) -> dict[str, Any] | None:
         """The last decision about a shadow version (promoted or dropped), if any."""
         with self._read() as db:

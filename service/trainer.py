@@ -153,6 +153,7 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
 
     try:
         data = store.dataset(job.model, upto_batch=job.batch_id)
+        overrides = store.model_settings(job.model)  # PUT /models/{name}/settings
         backbone = request.get("backbone") or "minilm"
         if backbone != "minilm" and backbone not in settings.backbones:
             raise ValueError(
@@ -169,9 +170,11 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
             min_steps=settings.fine_tuning_min_steps,
             cache_dir=settings.root / ".cache",
             thresholds=PolicyThresholds(
-                feature_extraction_below=settings.feature_extraction_below,
-                fine_tuning_at=settings.fine_tuning_at,
-                time_budget_s=settings.time_budget_s,
+                feature_extraction_below=overrides.get(
+                    "feature_extraction_below", settings.feature_extraction_below
+                ),
+                fine_tuning_at=overrides.get("fine_tuning_at", settings.fine_tuning_at),
+                time_budget_s=overrides.get("time_budget_s", settings.time_budget_s),
             ),
         )
         result = train(
@@ -199,7 +202,7 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
             "auto" if wanted == "shadow" else wanted,
             meta.metrics,
             champion_m,
-            settings.promotion_tolerance,
+            overrides.get("promotion_tolerance", settings.promotion_tolerance),
         )
         shadow = False
         if promote and via_shadow:

@@ -89,6 +89,19 @@ def test_a_home_from_the_previous_release_upgrades_in_place(tmp_path) -> None:
     assert registry.rollback("default")["production"] == old_aliases["previous"]
 
 
+def test_model_settings_merge_and_clear_per_model(db_url) -> None:
+    store = Store(db_url)
+    assert store.model_settings("a") == {}
+    assert store.set_model_settings("a", {"fine_tuning_at": 32, "drift_threshold": 0.1}) == {
+        "drift_threshold": 0.1,
+        "fine_tuning_at": 32,
+    }
+    # a later change merges; None goes back to the service-wide value
+    store.set_model_settings("a", {"drift_threshold": None, "promotion_tolerance": 0.01})
+    assert Store(db_url).model_settings("a") == {"fine_tuning_at": 32, "promotion_tolerance": 0.01}
+    assert store.model_settings("b") == {}  # per model
+
+
 def test_claims_are_one_per_model_in_submit_order(db_url) -> None:
     store = Store(db_url)
     a1 = store.create_job("a", {}, [("x", "1")], mode="append", source="http")

@@ -249,3 +249,70 @@ def test_kserve_sdk_rest_client_speaks_v2_to_refit(models) -> None:
     assert seen["live"] and seen["ready"] and seen["model_ready"]
     assert len(seen["labels"]) == 2 and set(seen["labels"]) <= labels["intents6"]
     assert seen["probabilities_shape"] == [2, 6]
+
+
+def test_per_model_settings_are_stored_shown_and_used_by_the_next_retrain(models) -> None:
+    srv, _, _ = models
+    url = f"{srv.url}/models/intents6/settings"
+    assert httpx.put(url, json={"fine_tuning_at": 500}, timeout=30).status_code == 401
+    with srv.client() as c:
+        bad = c.put(url, json={"feature_extraction_below": 900, "fine_tuning_at": 800})
+        assert bad.status_code == 400 and "must not exceed" in bad.json()["error"]
+        negative = c.put(url, json={"retrain_min_pending": -1})
+        assert negative.status_code == 422 and "retrain_min_pending" in negative.json()["error"]
+        r = c.put(url, json={"feature_extraction_below": 900, "fine_tuning_at": 1000})
+        assert r.status_code == 200, r.text
+        shown = c.get("/models/intents6").json()["settings"]
+        assert shown["overrides"] == {"feature_extraction_below": 900, "fine_tuning_at": 1000}
+        assert shown["effective"]["promotion_tolerance"] == 0.0  # the REFIT_* value
+        assert c.get("/models/binary").json()["settings"]["overrides"] == {}
+        # auto with 16 per class: feature extraction, by this model's thresholds
+        rows = _per_class(
+            read_banking77("train"), set(sorted({y for _, y in read_banking77("train")})[:6]), 16
+        )
+        job_r = submit(
+            c,
+            {
+                "model": "intents6",
+                "examples": [{"text": t, "label": y} for t, y in rows],
+                "mode": "replace",
+            },
+        )
+        job, _ = wait_job(c, job_r.headers["X-Refit-Job-Id"], timeout=300)
+        assert job["state"] == "succeeded", job
+        version = job["result"]["version"]
+        meta = c.get("/models/intents6").json()
+        row = next(v for v in meta["versions"] if v["version"] == version)
+        assert row["strategy"] == "feature_extraction"
+        assert "< 900" in job["result"]["reason"], job["result"]["reason"]  # its thresholds
+        # back to the service-wide values
+        r = c.put(url, json={"feature_extraction_below": None, "fine_tuning_at": None})
+        assert r.json()["overrides"] == {}
+
+
+def test_deleting_a_model_removes_it_everywhere(models) -> None:
+    """Last in this module: it deletes `binary`."""
+    srv, _, _ = models
+    assert httpx.delete(f"{srv.url}/models/binary", timeout=30).status_code == 401
+    with srv.client() as c:
+        assert c.delete("/models/default").status_code == 409  # the service's default model
+        r = c.delete("/models/binary")
+        assert r.status_code == 200, r.text
+        assert r.json()["deleted_versions"] and r.json()["deleted_rows"]["examples"] > 0
+        assert c.get("/models/binary").status_code == 404
+        assert "binary" not in {m["name"] for m in c.get("/models").json()["models"]}
+        assert c.get("/jobs", params={"model": "binary"}).json()["jobs"] == []
+        deadline = time.monotonic() + 10  # every worker unloads it within a poll
+        statuses = set()
+        while time.monotonic() < deadline:
+            statuses = {
+                c.post("/predict", json={"model": "binary", "texts": ["yay"]}).status_code
+                for _ in range(6)
+            }
+            if statuses == {404}:
+                break
+            time.sleep(0.3)
+        assert statuses == {404}
+        assert c.delete("/models/binary").status_code == 404
+        # the others are untouched
+        assert c.post("/predict", json={"model": "intents6", "texts": ["hi"]}).status_code == 200
