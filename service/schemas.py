@@ -67,7 +67,7 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     feature_extraction_below: int | None = Field(None, ge=2, le=100_000)
     fine_tuning_at: int | None = Field(None, ge=2, le=100_000)
-    time_budget_s: float | None = Field(None, gt=0, le=86_400)
+    time_budget_s: float | None = Field(None, ge=1, le=86_400)
     promotion_tolerance: float | None = Field(None, ge=0, le=1)
     retrain_min_pending: int | None = Field(None, ge=0)
     retrain_interval_s: float | None = Field(None, ge=0)
