@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,17 +20,19 @@ class FeedbackExample(BaseModel):
     prediction_id: str | None = Field(None, max_length=100)
 
 
+def _name_field(description: str) -> Any:
+    """An optional model or backbone name: the registry's rules (validate_model_name)."""
+    return Field(
+        None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=description
+    )
+
+
 class FeedbackRequest(BaseModel):
     """Body of `POST /feedback`: labeled examples, pending until a retrain uses them."""
 
     model_config = ConfigDict(extra="forbid")
     examples: list[FeedbackExample] = Field(min_length=1)
-    model: str | None = Field(
-        None,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="the model the examples are for (default: REFIT_MODEL_NAME)",
-    )
+    model: str | None = _name_field("the model the examples are for (default: REFIT_MODEL_NAME)")
 
 
 class RetrainOptions(BaseModel):
@@ -40,17 +42,11 @@ class RetrainOptions(BaseModel):
     strategy: Literal["auto", "feature_extraction", "fine_tuning"] = "auto"
     mode: Literal["append", "replace"] = "append"
     promote: Literal["auto", "always", "never", "shadow"] = "auto"
-    model: str | None = Field(
-        None,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="the model to train (default: REFIT_MODEL_NAME); a new name creates it",
+    model: str | None = _name_field(
+        "the model to train (default: REFIT_MODEL_NAME); a new name creates it"
     )
-    backbone: str | None = Field(
-        None,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="an encoder from REFIT_BACKBONES (default: minilm, the packaged MiniLM)",
+    backbone: str | None = _name_field(
+        "an encoder from REFIT_BACKBONES (default: minilm, the packaged MiniLM)"
     )
 
 
