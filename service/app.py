@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import importlib.metadata
-import json
 import logging
 import os
 import random
@@ -89,6 +88,24 @@ async def _invalid(request, exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(
         {"error": f"invalid request: {format_errors(errors)}", "detail": errors}, status_code=422
     )
+
+
+@admin.exception_handler(InvalidModelNameError)
+async def _invalid_name(request, exc: InvalidModelNameError) -> JSONResponse:
+    return error(400, f"invalid model name: {exc}")
+
+
+class _Refused(Exception):
+    """A prediction that cannot be served, with the answer that says why."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None, **extra: Any):
+        super().__init__(message)
+        self.status, self.message, self.headers, self.extra = status, message, headers, extra
+
+    def response(self, *, bare: bool = False) -> JSONResponse:
+        """`{"error", "fix"...}`, or `{"error"}` alone (the V2 protocol's shape)."""
+        body = {"error": self.message, **({} if bare else self.extra)}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 @admin.exception_handler(StoreUnavailable)
@@ -191,12 +208,6 @@ class Refit:
         self._traffic: dict[tuple[str, str], list[float]] = {}
         self._uncertain: list[tuple[str, str, float, str, float]] = []
         self._served_ids: list[tuple[str, str, str, str, float, float]] = []
-        self.policy = RetrainPolicy(
-            min_pending=self.settings.retrain_min_pending,
-            interval_s=self.settings.retrain_interval_s,
-            drift_threshold=self.settings.drift_threshold,
-            backoff_s=self.settings.retrain_backoff_s,
-        )
         self._swap(force=True)
         metrics.KEEP_VERSIONS = self._versions_to_expose
         _SERVING = self
@@ -405,88 +416,86 @@ class Refit:
         self, texts: list[str], top_k: int, model: str | None = None, version: str | None = None
     ) -> JSONResponse:
         """`/predict` after its body parsed: reached through BentoML's api above, or straight
-        from `PredictFastPath` for well-formed bodies (the same code either way); V2 `infer`
-        too (`version`: that version, not production)."""
+        from `PredictFastPath` for well-formed bodies (the same code either way)."""
         entered = time.perf_counter()
-        limits = self.settings
-        name = model or limits.model_name
-        if name != limits.model_name or version is not None:
-            return await self._classify_named(texts, top_k, name, version, entered)
-        problem = self._check_predict(texts, top_k)
-        if problem is not None:
-            return problem
-        # No registry check here: the watcher swaps models off the event loop (loading and
-        # hashing a version takes ~0.3 s that would stall every request of this worker).
-        if self.holder.model is None:
-            return error(
-                503,
-                self.holder.error or "no model loaded yet",
-                fix="train one: POST /retrain/submit",
-            )
-        started = time.perf_counter()
-        served, probs = await self.batcher.submit(texts)
-        seconds = time.perf_counter() - started
-        return self._answer(texts, top_k, served, probs, seconds, entered, default=True)
+        name = model or self.settings.model_name
+        try:
+            if name != self.settings.model_name:
+                self._check_name(name)
+            self._check_predict(texts, top_k)
+            served, probs, default, seconds = await self._infer(texts, name, version)
+        except _Refused as refused:
+            return refused.response()
+        return self._answer(texts, top_k, served, probs, seconds, entered, default=default)
 
-    def _check_predict(self, texts: list[str], top_k: int) -> JSONResponse | None:
-        """The request's texts and top_k within the limits, or the 4xx saying what is not."""
+    @staticmethod
+    def _check_name(name: str) -> None:
+        try:
+            validate_model_name(name)
+        except InvalidModelNameError as exc:
+            raise _Refused(400, f"invalid model name: {exc}") from None
+
+    def _check_predict(self, texts: list[str], top_k: int) -> None:
+        """The request's texts and top_k within the limits, or _Refused saying what is not."""
         limits = self.settings
         if not texts:
-            return error(400, "texts must not be empty", fix='send {"texts": ["some text"]}')
+            raise _Refused(400, "texts must not be empty", fix='send {"texts": ["some text"]}')
         if len(texts) > limits.max_texts_per_request:
-            return error(
+            raise _Refused(
                 413,
                 f"{len(texts)} texts in one request, the limit is {limits.max_texts_per_request}",
                 fix="split the request or raise REFIT_MAX_TEXTS_PER_REQUEST",
             )
         for i, text in enumerate(texts):
             if len(text) > limits.max_text_chars:
-                return error(
+                raise _Refused(
                     413,
                     f"texts[{i}] has {len(text)} characters, the limit is {limits.max_text_chars}",
                     fix="trim it or raise REFIT_MAX_TEXT_CHARS",
                 )
             if not text.strip():
-                return error(400, f"texts[{i}] is empty", fix="send non-blank texts")
+                raise _Refused(400, f"texts[{i}] is empty", fix="send non-blank texts")
             if (control := control_character(text)) is not None:
-                return error(
+                raise _Refused(
                     400,
                     f"texts[{i}] contains control character {control}",
                     fix="remove control characters (tab and newlines are fine)",
                 )
         if not 1 <= top_k <= limits.max_top_k:
-            return error(400, f"top_k must be between 1 and {limits.max_top_k}, got {top_k}")
-        return None
+            raise _Refused(400, f"top_k must be between 1 and {limits.max_top_k}, got {top_k}")
 
-    async def _classify_named(
-        self, texts: list[str], top_k: int, name: str, version: str | None, entered: float
-    ) -> JSONResponse:
-        try:
-            validate_model_name(name)
-        except InvalidModelNameError as exc:
-            return error(400, f"invalid model name: {exc}")
-        problem = self._check_predict(texts, top_k)
-        if problem is not None:
-            return problem
+    async def _infer(
+        self, texts: list[str], name: str, version: str | None
+    ) -> tuple[LoadedModel, np.ndarray, bool, float]:
+        """Probabilities from the model serving `name` (its production, or `version`): the
+        default model's own holder and batcher, any other from the pool (loaded on demand).
+        Returns (model, probabilities, whether it is the default model, seconds)."""
+        if name == self.settings.model_name and version is None:
+            # No registry check here: the watcher swaps models off the event loop (loading
+            # and hashing a version takes ~0.3 s that would stall every request of this worker).
+            if self.holder.model is None:
+                raise _Refused(
+                    503,
+                    self.holder.error or "no model loaded yet",
+                    fix="train one: POST /retrain/submit",
+                )
+            started = time.perf_counter()
+            served, probs = await self.batcher.submit(texts)
+            return served, probs, True, time.perf_counter() - started
         try:
             entry = await self.pool.acquire(name, version)
         except UnknownModel as exc:
-            return error(
+            raise _Refused(
                 404, str(exc), fix="list models with GET /models; train one: POST /retrain/submit"
-            )
+            ) from None
         except (ModelLoadError, RegistryUnavailable) as exc:
-            return JSONResponse(
-                {"error": f"{exc}", "fix": "retry later"},
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
+            raise _Refused(503, str(exc), {"Retry-After": "5"}, fix="retry later") from None
         try:
             started = time.perf_counter()
             served, probs = await entry.batcher.submit(texts)
         finally:
             self.pool.release(entry)
-        seconds = time.perf_counter() - started
-        return self._answer(texts, top_k, served, probs, seconds, entered, default=False)
+        return served, probs, False, time.perf_counter() - started
 
     def _answer(
         self,
@@ -608,9 +617,7 @@ class Refit:
         report = self.store.shadow_report(name, production, shadow)
         if report["labeled"] < self.settings.shadow_min_labeled:
             return None
-        tolerance = self._overrides(name).get(
-            "promotion_tolerance", self.settings.promotion_tolerance
-        )
+        tolerance = self._settings_for(name).promotion_tolerance
         better = report["shadow_accuracy"] >= report["production_accuracy"] - tolerance
         if self.registry.end_shadow(name, shadow, promote=better) is None:
             return None  # decided elsewhere first
@@ -747,41 +754,27 @@ class Refit:
         metrics.RETRAIN_DURATION.observe(time.monotonic() - started)
         return job.to_dict()
 
-    _OVERRIDABLE = {
-        "feature_extraction_below": "feature_extraction_below",
-        "fine_tuning_at": "fine_tuning_at",
-        "time_budget_s": "time_budget_s",
-        "promotion_tolerance": "promotion_tolerance",
-        "retrain_min_pending": "retrain_min_pending",
-        "retrain_interval_s": "retrain_interval_s",
-        "drift_threshold": "drift_threshold",
-    }
-
     def _overrides(self, name: str) -> dict[str, Any]:
         try:
             return self.store.model_settings(name)
         except StoreUnavailable:
             return {}
 
+    def _settings_for(self, name: str) -> Settings:
+        """REFIT_* settings with `name`'s overrides (PUT /models/{name}/settings) applied."""
+        return self.settings.model_copy(update=self._overrides(name))
+
     def _effective_settings(self, name: str) -> dict[str, Any]:
         overrides = self._overrides(name)
+        merged = self.settings.model_copy(update=overrides)
         return {
             "overrides": overrides,
-            "effective": {
-                key: overrides.get(key, getattr(self.settings, attr))
-                for key, attr in self._OVERRIDABLE.items()
-            },
+            "effective": {key: getattr(merged, key) for key in ModelSettings.model_fields},
         }
 
     def _policy(self, name: str) -> RetrainPolicy:
         """The trigger policy of `name`: REFIT_* settings, then the model's overrides."""
-        overrides = self._overrides(name)
-        return RetrainPolicy(
-            min_pending=overrides.get("retrain_min_pending", self.policy.min_pending),
-            interval_s=overrides.get("retrain_interval_s", self.policy.interval_s),
-            drift_threshold=overrides.get("drift_threshold", self.policy.drift_threshold),
-            backoff_s=self.policy.backoff_s,
-        )
+        return _policy(self._settings_for(name))
 
     def _fleet_metrics(self) -> None:
         """Workers' heartbeats and the job history as gauges (see metrics.WORKER_HEARTBEAT_AGE)."""
@@ -826,10 +819,7 @@ class Refit:
     @admin.get("/models/{name}", responses=error_responses(400, 404))
     def get_model(self, name: str) -> Any:
         """One model: versions, aliases, what this worker serves of it, readiness."""
-        try:
-            validate_model_name(name)
-        except InvalidModelNameError as exc:
-            return error(400, f"invalid model name: {exc}")
+        validate_model_name(name)  # 400 by _invalid_name
         view = self._model_view(name)
         if not view["versions"] and name != self.settings.model_name:
             return error(404, f"no model {name!r}", fix="list models with GET /models")
@@ -950,19 +940,13 @@ class Refit:
     @admin.post("/models/{name}/promote", responses=error_responses(400, 401, 404, 409, 413, 503))
     def promote_named(self, name: str, body: PromoteRequest) -> Any:
         """Make a version of model `name` production (auth required)."""
-        try:
-            validate_model_name(name)
-        except InvalidModelNameError as exc:
-            return error(400, f"invalid model name: {exc}")
+        validate_model_name(name)  # 400 by _invalid_name
         return self._promote(name, body)
 
     @admin.post("/models/{name}/rollback", responses=error_responses(400, 401, 404, 409, 413, 503))
     def rollback_named(self, name: str) -> Any:
         """Swap production and previous of model `name` (auth required)."""
-        try:
-            validate_model_name(name)
-        except InvalidModelNameError as exc:
-            return error(400, f"invalid model name: {exc}")
+        validate_model_name(name)  # 400 by _invalid_name
         return self._rollback(name)
 
     @admin.delete("/models/{name}", responses=error_responses(400, 401, 404, 409, 413, 503))
@@ -970,10 +954,7 @@ class Refit:
         """Delete a model: its versions, aliases, stored examples, jobs and overrides (auth
         required). Refused for the service's default model and while a job of it is queued
         or running."""
-        try:
-            validate_model_name(name)
-        except InvalidModelNameError as exc:
-            return error(400, f"invalid model name: {exc}")
+        validate_model_name(name)  # 400 by _invalid_name
         if name == self.settings.model_name:
             return error(
                 409,
@@ -999,10 +980,7 @@ class Refit:
         """Per-model overrides of the strategy thresholds, the time budget, the promotion
         tolerance and the triggers (auth required); `null` restores the REFIT_* value.
         Stored with the model in the shared store: every replica and trainer uses them."""
-        try:
-            validate_model_name(name)
-        except InvalidModelNameError as exc:
-            return error(400, f"invalid model name: {exc}")
+        validate_model_name(name)  # 400 by _invalid_name
         changes = body.model_dump(exclude_unset=True)
         effective = {
             **self._effective_settings(name)["effective"],
@@ -1144,7 +1122,7 @@ class Refit:
             "duplicates_dropped": dataset.duplicates_dropped,
             "new_labels": sorted(set(dataset.labels) - known),
             "pending": pending,
-            "retrain_at_pending": self.policy.min_pending or None,
+            "retrain_at_pending": self._policy(name).min_pending or None,
         }
 
     @admin.get("/feedback/uncertain", responses=error_responses(401))
@@ -1247,13 +1225,11 @@ class Refit:
         return await self._v2_infer(name, version, request)
 
     def _v2_metadata(self, name: str, version: str | None) -> Any:
+        validate_model_name(name)  # 400 by _invalid_name
         try:
-            validate_model_name(name)
             target = version or self.registry.resolve(name, "production")
             meta = self.registry.get(name, target).metadata
             versions = self.registry.list_versions(name)
-        except InvalidModelNameError as exc:
-            return JSONResponse({"error": f"invalid model name: {exc}"}, 400)
         except RegistryUnavailable as exc:
             return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "5"})
         except (RegistryError, LookupError, FileNotFoundError, CorruptVersionError):
@@ -1262,28 +1238,21 @@ class Refit:
         return v2.metadata(name, versions, list(meta.labels))
 
     async def _v2_ready(self, name: str, version: str | None) -> Any:
+        validate_model_name(name)  # 400 by _invalid_name
         if name == self.settings.model_name and version is None:
-            ready = self.holder.model is not None
+            if self.holder.model is None:
+                return JSONResponse({"error": "not ready"}, 503)
         else:
             try:
-                validate_model_name(name)
                 self.pool.release(await self.pool.acquire(name, version))
-                ready = True
-            except InvalidModelNameError as exc:
-                return JSONResponse({"error": f"invalid model name: {exc}"}, 400)
             except UnknownModel as exc:
                 return JSONResponse({"error": str(exc)}, 404)
             except (ModelLoadError, RegistryUnavailable) as exc:
                 return JSONResponse({"error": str(exc)}, 503)
-        if not ready:
-            return JSONResponse({"error": "not ready"}, 503)
         return {"name": name, "ready": True}
 
     async def _v2_infer(self, name: str, version: str | None, request: Request) -> Any:
-        try:
-            validate_model_name(name)
-        except InvalidModelNameError as exc:
-            return JSONResponse({"error": f"invalid model name: {exc}"}, 400)
+        validate_model_name(name)  # 400 by _invalid_name
         try:
             parsed = v2.parse_infer(
                 await request.body(), request.headers.get("inference-header-content-length")
@@ -1291,24 +1260,11 @@ class Refit:
         except v2.V2Error as exc:
             return JSONResponse({"error": str(exc)}, exc.status)
         texts = parsed["texts"]
-        problem = self._check_predict(texts, parsed["top_k"])
-        if problem is not None:
-            return JSONResponse({"error": json.loads(problem.body)["error"]}, problem.status_code)
-        if name == self.settings.model_name and version is None:
-            if self.holder.model is None:
-                return JSONResponse({"error": self.holder.error or "no model loaded yet"}, 503)
-            served, probs = await self.batcher.submit(texts)
-        else:
-            try:
-                entry = await self.pool.acquire(name, version)
-            except UnknownModel as exc:
-                return JSONResponse({"error": str(exc)}, 404)
-            except (ModelLoadError, RegistryUnavailable) as exc:
-                return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "5"})
-            try:
-                served, probs = await entry.batcher.submit(texts)
-            finally:
-                self.pool.release(entry)
+        try:
+            self._check_predict(texts, parsed["top_k"])
+            served, probs, _, _ = await self._infer(texts, name, version)
+        except _Refused as refused:
+            return refused.response(bare=True)
         for row in probs:
             self._counter(served, served.labels[int(np.argmax(row))]).inc()
         return v2.infer_response(parsed, name, served.version, served.labels, probs)
@@ -1319,6 +1275,15 @@ class Refit:
         if job is None:
             return error(404, f"no job {job_id!r}", fix="list jobs with GET /jobs")
         return job.to_dict()
+
+
+def _policy(settings: Settings) -> RetrainPolicy:
+    return RetrainPolicy(
+        min_pending=settings.retrain_min_pending,
+        interval_s=settings.retrain_interval_s,
+        drift_threshold=settings.drift_threshold,
+        backoff_s=settings.retrain_backoff_s,
+    )
 
 
 try:

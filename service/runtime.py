@@ -342,14 +342,12 @@ class MicroBatcher:
 class FixedVersion:
     """A holder for one explicit version (V2 `/versions/{v}`): loaded once, never swapped."""
 
-    alias = "version"
+    error: str | None = None
 
     def __init__(self, registry: Registry, name: str, version: str, **load_kwargs: Any) -> None:
         self.registry, self.name, self.version = registry, name, version
         self._load_kwargs = load_kwargs
         self.model: LoadedModel | None = None
-        self.error: str | None = None
-        self.last_swap: dict[str, Any] | None = None
 
     def refresh(self) -> bool:
         if self.model is not None:

@@ -153,7 +153,8 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
 
     try:
         data = store.dataset(job.model, upto_batch=job.batch_id)
-        overrides = store.model_settings(job.model)  # PUT /models/{name}/settings
+        # the model's overrides (PUT /models/{name}/settings) over the REFIT_* settings
+        settings = settings.model_copy(update=store.model_settings(job.model))
         backbone = request.get("backbone") or "minilm"
         if backbone != "minilm" and backbone not in settings.backbones:
             raise ValueError(
@@ -170,11 +171,9 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
             min_steps=settings.fine_tuning_min_steps,
             cache_dir=settings.root / ".cache",
             thresholds=PolicyThresholds(
-                feature_extraction_below=overrides.get(
-                    "feature_extraction_below", settings.feature_extraction_below
-                ),
-                fine_tuning_at=overrides.get("fine_tuning_at", settings.fine_tuning_at),
-                time_budget_s=overrides.get("time_budget_s", settings.time_budget_s),
+                feature_extraction_below=settings.feature_extraction_below,
+                fine_tuning_at=settings.fine_tuning_at,
+                time_budget_s=settings.time_budget_s,
             ),
         )
         result = train(
@@ -202,7 +201,7 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
             "auto" if wanted == "shadow" else wanted,
             meta.metrics,
             champion_m,
-            overrides.get("promotion_tolerance", settings.promotion_tolerance),
+            settings.promotion_tolerance,
         )
         shadow = False
         if promote and via_shadow:

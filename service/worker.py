@@ -80,12 +80,11 @@ class Worker:
             except StoreUnavailable as exc:  # keep training; the result waits for the store
                 log.warning("job %s: heartbeat not recorded: %s", job_id, exc)
                 continue
-            if held:
-                self._seen(job_id, "running")  # the worker's own heartbeat (metrics, alerts)
             if not held:  # finished (the trainer is exiting), reaped or cancelled
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(10)
                 break
+            self._seen(job_id, "running")  # the worker's own heartbeat (metrics, alerts)
         if self.proc.poll() is None:
             log.warning("job %s: no longer held by this worker; stopping its trainer", job_id)
             self.proc.terminate()

@@ -181,25 +181,21 @@ def _eager_attention(encoder):
 
 def _export(model: SentenceClassifier, sample, onnx_path: Path, opset: int) -> None:
     with _eager_attention(model.encoder):
-        _torch_export(model, sample, onnx_path, opset)
-
-
-def _torch_export(model: SentenceClassifier, sample, onnx_path: Path, opset: int) -> None:
-    torch.onnx.export(
-        model,
-        (sample["input_ids"], sample["attention_mask"]),
-        str(onnx_path),
-        input_names=INPUT_NAMES,
-        output_names=OUTPUT_NAMES,
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"},
-            "probabilities": {0: "batch"},
-            "logits": {0: "batch"},
-        },
-        opset_version=opset,
-        dynamo=False,
-    )
+        torch.onnx.export(
+            model,
+            (sample["input_ids"], sample["attention_mask"]),
+            str(onnx_path),
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "probabilities": {0: "batch"},
+                "logits": {0: "batch"},
+            },
+            opset_version=opset,
+            dynamo=False,
+        )
 
 
 def _quantize(
