@@ -25,7 +25,6 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from starlette.responses import JSONResponse
 
 from models import (
     CorruptVersionError,
@@ -34,6 +33,7 @@ from models import (
     RegistryUnavailable,
     validate_model_name,
 )
+from models.text import FIXES, invalid_character
 from service import metrics, v2
 from service.drift import drift_report
 from service.middleware import (
@@ -45,6 +45,7 @@ from service.middleware import (
     RetrainSubmitMiddleware,
     format_errors,
 )
+from service.responses import JSONResponse
 from service.runtime import (
     LoadedModel,
     MicroBatcher,
@@ -66,13 +67,12 @@ from service.settings import Settings
 from service.state import open_state
 from service.store import ACTIVE_STATES, RetrainPolicy, StoreUnavailable
 from service.trainer import die_with_parent, trainer_env
-from training.data import control_character
 
 log = logging.getLogger("service")
 
 # Read once at import: BentoML needs the worker count in the decorator below.
 SETTINGS = Settings()
-admin = FastAPI(title="Refit admin")
+admin = FastAPI(title="Refit admin", default_response_class=JSONResponse)
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -455,12 +455,9 @@ class Refit:
                 )
             if not text.strip():
                 raise _Refused(400, f"texts[{i}] is empty", fix="send non-blank texts")
-            if (control := control_character(text)) is not None:
-                raise _Refused(
-                    400,
-                    f"texts[{i}] contains control character {control}",
-                    fix="remove control characters (tab and newlines are fine)",
-                )
+            if (bad := invalid_character(text)) is not None:
+                kind, where = bad
+                raise _Refused(400, f"texts[{i}] contains {kind} {where}", fix=FIXES[kind])
         if not 1 <= top_k <= limits.max_top_k:
             raise _Refused(400, f"top_k must be between 1 and {limits.max_top_k}, got {top_k}")
 

@@ -628,7 +628,17 @@ class PredictFastPath:
         if request is None:
             await self.app(scope, replay(body), send)
             return
-        response = await handler(*request)
+        try:
+            response = await handler(*request)
+        except Exception:  # a bug, not the caller's mistake: a generic 500 now, never a hang
+            request_id = os.urandom(8).hex()
+            log.exception("POST /predict failed (request %s)", request_id)
+            await send_json(
+                send,
+                500,
+                {"error": f"internal error (request {request_id}); the service log has details"},
+            )
+            return
         await response(scope, replay(b""), send)
 
 

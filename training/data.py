@@ -10,7 +10,6 @@ import csv
 import hashlib
 import io
 import json
-import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,10 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.text import invalid_character, normalize_text
+
 MAX_TEXT_CHARS = 100_000
 MAX_LABEL_CHARS = 200
 _MAX_REPORTED = 20
 LABEL_COLUMNS = ("label", "category")
+# how the data-file messages end: "...; remove it" (kept from before the shared check)
+_FIX = {
+    "control character": "remove it",
+    "lone surrogate": "remove it or send the whole character (valid Unicode)",
+}
 
 
 class DataError(ValueError):
@@ -64,19 +70,6 @@ class Dataset:
         return Dataset(tuple(self.texts[i] for i in idx), tuple(self.labels[i] for i in idx))
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def control_character(text: str) -> str | None:
-    """`U+0007 at position 3` for the first control character other than tab and newlines."""
-    found = _CONTROL.search(text)
-    return None if found is None else f"U+{ord(found.group()):04X} at position {found.start()}"
-
-
-def normalize_text(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFC", text).split())
-
-
 def _check_row(where: str, text: Any, label: Any, problems: list[str]) -> tuple[str, str] | None:
     before = len(problems)
     if text is None:
@@ -89,8 +82,8 @@ def _check_row(where: str, text: Any, label: Any, problems: list[str]) -> tuple[
         )
     elif not normalize_text(text):
         problems.append(f"{where}: empty text")
-    elif (control := control_character(text)) is not None:
-        problems.append(f"{where}: text contains control character {control}; remove it")
+    elif (bad := invalid_character(text)) is not None:
+        problems.append(f"{where}: text contains {bad[0]} {bad[1]}; {_FIX[bad[0]]}")
     if label is None or (isinstance(label, str) and not label.strip()):
         problems.append(f"{where}: missing label")
     elif not isinstance(label, str):
@@ -103,6 +96,8 @@ def _check_row(where: str, text: Any, label: Any, problems: list[str]) -> tuple[
         problems.append(
             f"{where}: label has {len(label)} characters, the limit is {MAX_LABEL_CHARS}"
         )
+    elif (bad := invalid_character(label)) is not None:
+        problems.append(f"{where}: label contains {bad[0]} {bad[1]}; {_FIX[bad[0]]}")
     if len(problems) > before:
         return None
     assert isinstance(text, str) and isinstance(label, str)

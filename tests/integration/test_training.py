@@ -235,6 +235,19 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
     assert not (tmp_path / "home").exists() or Registry(tmp_path / "home").list_models() == []
 
 
+def test_cli_refuses_a_lone_surrogate_in_a_training_file(tmp_path: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    rows = [("fine", "a"), ("also fine", "a"), ("broken \\ud800 here", "b"), ("ok", "b")]
+    data.write_text("".join(f'{{"text": "{t}", "label": "{y}"}}\n' for t, y in rows))
+    proc = run_cli("--home", str(tmp_path / "home"), "train", str(data))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "refit: bad.jsonl line 3: text contains lone surrogate U+D800 at position 7;"
+        " remove it or send the whole character (valid Unicode)"
+    )
+    assert not (tmp_path / "home").exists() or Registry(tmp_path / "home").list_models() == []
+
+
 def test_strong_probe_is_not_adapted(fe_result) -> None:
     result, _, _ = fe_result
     probe = result.details["probe"]

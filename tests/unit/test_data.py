@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from models.text import invalid_character
 from training import DataError, TrainConfig, load_dataset
 from training.data import build_dataset, parse_bytes, stratified_split
 
@@ -171,3 +177,53 @@ def test_csv_uploads_can_refuse_extra_columns() -> None:
     assert exc.value.problems == [
         "upload line 1: unexpected column(s) ['id']; send only `text` and `label`"
     ]
+
+
+def test_lone_surrogates_in_texts_and_labels_are_refused_where_they_are() -> None:
+    with pytest.raises(DataError) as exc:
+        build_dataset(
+            [
+                ("row 1", "a\udfffb", "x"),
+                ("row 2", "fine", "y\ud800"),
+                ("row 3", "\ud83d\ude00", "z"),
+            ]
+        )
+    assert exc.value.problems == [
+        "row 1: text contains lone surrogate U+DFFF at position 1; remove it or send the whole character (valid Unicode)",
+        "row 2: label contains lone surrogate U+D800 at position 1; remove it or send the whole character (valid Unicode)",
+        "row 3: text contains lone surrogate U+D83D at position 0; remove it or send the whole character (valid Unicode)",
+    ]
+
+
+_ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=30)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    rows=st.lists(st.tuples(_ANY_TEXT, _ANY_TEXT), min_size=1, max_size=6),
+    fmt=st.sampled_from(["jsonl", "json", "csv"]),
+)
+def test_any_unicode_in_a_training_file_is_loaded_clean_or_refused_by_line(
+    rows: list[tuple[str, str]], fmt: str
+) -> None:
+    """What `refit train` and uploads read: a Dataset of valid, normalised text, or a
+    DataError naming where; never a crash, never a surrogate past this point."""
+    items = [{"text": t, "label": y} for t, y in rows]
+    if fmt == "jsonl":
+        data = "".join(json.dumps(i) + "\n" for i in items).encode()
+    elif fmt == "json":
+        data = json.dumps(items).encode()
+    else:  # raw surrogates in a CSV are invalid UTF-8
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([("text", "label"), *rows])
+        data = buffer.getvalue().encode("utf-8", "surrogatepass")
+    try:
+        dataset = parse_bytes(data, fmt, "f.data", check_classes=False)
+    except DataError as exc:
+        assert exc.problems and all(
+            p.startswith("f.data") or p.startswith("no examples") for p in exc.problems
+        )
+        return
+    for value in (*dataset.texts, *dataset.labels):
+        value.encode("utf-8")
+        assert invalid_character(value) is None and value == value.strip()

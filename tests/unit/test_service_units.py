@@ -91,3 +91,33 @@ def test_open_write_endpoints_are_warned_about_at_start(token: str, warned: bool
     message = "REFIT_API_TOKEN is not set: retrain, promote, rollback, cancel and retry are open"
     assert (message in proc.stderr) is warned
     assert token == "" or token not in proc.stderr
+
+
+def test_a_failing_predict_handler_is_answered_500_at_once_not_left_hanging() -> None:
+    """The fast path's handler raising (issue 22: a tokenizer refusing a text) must still
+    start a response: a generic JSON 500 with a request id, no traceback, no hang."""
+    import asyncio
+    import json
+
+    from service.middleware import PredictFastPath
+
+    async def broken(texts, top_k, model):
+        raise TypeError("TextEncodeInput must be Union[...]")
+
+    async def never_reached(scope, receive, send):
+        raise AssertionError("a well-formed body must not take BentoML's path")
+
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b'{"texts": ["x"]}', "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    app = PredictFastPath(never_reached, handler=lambda: broken)
+    scope = {"type": "http", "path": "/predict", "method": "POST", "query_string": b""}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=2))
+    assert sent[0]["status"] == 500
+    body = json.loads(sent[1]["body"])
+    assert body["error"].startswith("internal error (request ") and "Traceback" not in body["error"]
