@@ -38,10 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.serve_bench import banking77_texts, percentile  # noqa: E402
-from tests.cluster.conftest import launch_postgres, launch_s3  # noqa: E402
-from tests.cluster.fleet import launch_fleet, promotions_under_load  # noqa: E402
-from tests.conftest import banking77_slice, read_banking77  # noqa: E402
-from tests.e2e.conftest import submit, wait_job  # noqa: E402
+from service.harness.cluster import launch_postgres, launch_s3  # noqa: E402
+from service.harness.data import banking77_slice, read_banking77  # noqa: E402
+from service.harness.fleet import launch_fleet, promotions_under_load  # noqa: E402
+from service.harness.server import submit, wait_job  # noqa: E402
 
 
 def predict_version(client: httpx.Client) -> str:
@@ -53,7 +53,7 @@ def promotion_times(fleet, n: int) -> list[float]:
     times = []
     with a.client() as ca, b.client() as cb:
         for i in range(n):
-            production = fleet.store().aliases("default")[0]["production"]
+            production = fleet.store().aliases.read("default")[0]["production"]
             version = fleet.copy_version(production)
             target = ca if i % 2 == 0 else cb
             r = target.post("/models/promote", json={"version": version})

@@ -134,7 +134,7 @@ def main() -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from models import Registry
-    from tests.conftest import shared_dir
+    from service.harness.data import shared_dir
     from training import TrainConfig, load_dataset
     from training.pipeline import train
 

@@ -33,9 +33,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from service.harness.server import make_server  # noqa: E402  (one way to start the service)
 from service.settings import Settings  # noqa: E402
 from service.state import open_state  # noqa: E402
-from tests.e2e.conftest import make_server  # noqa: E402  (one way to start the service)
 
 
 def banking77_texts(split: str) -> list[tuple[str, str]]:

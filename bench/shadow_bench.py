@@ -28,8 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.serve_bench import banking77_texts, first_model_csv  # noqa: E402
-from bench.swap_under_load import REPO, Response, clone_version, latency, load  # noqa: E402
-from tests.e2e.conftest import make_server  # noqa: E402
+from bench.swap_under_load import REPO, Response, latency, load  # noqa: E402
+from service.harness.fleet import clone_version  # noqa: E402
+from service.harness.server import make_server  # noqa: E402
 
 TOKEN = "shadow-bench-token"
 

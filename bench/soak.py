@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.serve_bench import percentile  # noqa: E402
 from bench.swap_under_load import REPO  # noqa: E402
-from tests.conftest import banking77_slice  # noqa: E402
-from tests.e2e.conftest import make_server  # noqa: E402
+from service.harness.data import banking77_slice  # noqa: E402
+from service.harness.server import make_server  # noqa: E402
 
 TOKEN = "soak-bench-token"
 CLASSES = [

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.serve_bench import banking77_texts, first_model_csv, percentile  # noqa: E402
-from tests.e2e.conftest import make_server  # noqa: E402
+from service.harness.fleet import clone_version  # noqa: E402
+from service.harness.server import make_server  # noqa: E402
 
 TOKEN = "swap-bench-token"
 
@@ -46,23 +47,6 @@ class Response:
     status: int
     version: str
     worker: str
-
-
-def clone_version(home_or_registry, name: str = "default", source: str = "production") -> str:
-    """Publish a copy of a version under a new version id (a swap loads a real, separate
-    ONNX session either way; training three models would only add minutes)."""
-    registry = home_or_registry
-    if isinstance(home_or_registry, Path):
-        from service.settings import Settings
-        from service.state import open_state
-
-        registry = open_state(Settings(home=home_or_registry))[1]
-    mv = registry.verify(name, source)
-    staging = registry.stage(name)
-    for file in mv.metadata.files:
-        shutil.copy2(mv.path / file, staging.path / file)
-    meta = mv.metadata.model_copy(update={"version": staging.version})
-    return registry.publish(staging, meta).version
 
 
 def load(

@@ -20,15 +20,14 @@ from models._metadata import (
     OnnxInfo,
     QuantizationReport,
 )
-from models._registry import (
+from models._registry import Registry, pid_alive
+from models._storage import (
     AliasStore,
     FileAliases,
     LocalStorage,
     ModelVersion,
-    Registry,
     Staging,
     default_home,
-    pid_alive,
     sha256_file,
     validate_model_name,
 )

@@ -103,12 +103,12 @@ class S3Storage:
 
     # -- reading ---------------------------------------------------------------------------
     def model_dir(self, name: str) -> Path:
-        from models._registry import validate_model_name
+        from models._storage import validate_model_name
 
         return self.root / validate_model_name(name)
 
     def list_models(self) -> list[str]:
-        from models._registry import _NAME_RE
+        from models._storage import _NAME_RE
 
         page = self._call(
             "listing models",
@@ -123,7 +123,7 @@ class S3Storage:
         return sorted(n for n in names if _NAME_RE.match(n))
 
     def list_versions(self, name: str) -> list[str]:
-        from models._registry import _VERSION_RE
+        from models._storage import _VERSION_RE
 
         versions = set()
         for obj in self._keys(self._key(name, "")):
@@ -280,7 +280,7 @@ class S3Storage:
         return removed
 
     def prune_cache(self, name: str, keep: set[str]) -> list[str]:
-        from models._registry import _VERSION_RE
+        from models._storage import _VERSION_RE
 
         folder = self.model_dir(name)
         removed = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-log = logging.getLogger("service")
+log = logging.getLogger(__name__)
 
 EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "training" / "data" / "example_intents.csv"
 
@@ -36,21 +36,25 @@ def _first_model(settings, store, registry) -> None:
         settings.root,
         data,
     )
-    from training import TrainConfig, load_dataset
+    from service.trainer import train_config
+    from training import load_dataset
     from training.pipeline import train
 
     dataset = load_dataset(data)
-    # feature extraction: a first start should take seconds, not minutes
-    config = TrainConfig(
+    # feature extraction: a first start should take seconds, not minutes; promoted through
+    # the gate (nothing in production yet: it passes)
+    config = train_config(
+        settings,
         name=settings.model_name,
         strategy="feature_extraction",
-        promote=True,
-        quantize=settings.quantize,
+        promote="auto",
+        threads=None,
+        cache_dir=None,
     )
     result = train(dataset, config, registry=registry)
     # The first model's examples become the stored dataset: feedback and `append` retrains
     # build on them rather than starting over.
-    store.add_examples(
+    store.examples.add_examples(
         settings.model_name,
         list(zip(dataset.texts, dataset.labels, strict=True)),
         mode="replace",

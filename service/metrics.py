@@ -204,7 +204,3 @@ def exposition(keep: dict[str, set[str]]) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_KeepVersions(source, keep))
     return generate_latest(registry), CONTENT_TYPE_LATEST
-
-
-# Set by the service in each worker: () -> {model: versions whose series stay exposed}.
-KEEP_VERSIONS: Any = None

@@ -9,53 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
-import re
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-import numpy as np
-from pydantic import ValidationError
-
-from service.schemas import RetrainOptions, RetrainRequest
+from service import intake
+from service.asgi import (
+    MAX_JSON_DEPTH,
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    header,
+    json_too_deep,
+    read_body,
+    replay,
+    send_json,
+)
+from service.auth import token_matches, unauthorized
+from service.errors import ApiError, reshape_error
 from service.settings import Settings
-from service.state import open_store
-from service.store import StoreBusy
+from service.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-PROTECTED = ("/retrain", "/models/promote", "/models/rollback", "/models/shadow", "/feedback")
-PREDICT_FIELDS = {"texts", "top_k", "model"}
-MAX_JSON_DEPTH = 32  # the deepest schema (retrain examples) needs 3
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-
-
-def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether a JSON (or NDJSON) body nests arrays/objects more than `limit` deep, found
-    before any parser recurses into it: strings removed by one regex pass, then a running
-    sum over the brackets in 1 MiB numpy chunks. Linear, C-speed, bounded memory."""
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return False
-    stripped = np.frombuffer(_JSON_STRING.sub(b"", body), dtype=np.uint8)
-    depth = 0
-    for start in range(0, stripped.size, 1 << 20):
-        chunk = stripped[start : start + (1 << 20)]
-        step = ((chunk == 0x5B) | (chunk == 0x7B)).astype(np.int32)
-        step -= ((chunk == 0x5D) | (chunk == 0x7D)).astype(np.int32)
-        running = np.cumsum(step) + depth
-        if running.size and int(running.max()) > limit:
-            return True
-        depth = int(running[-1]) if running.size else depth
-    return False
 
 
 class DeadlineMiddleware:
@@ -63,9 +42,9 @@ class DeadlineMiddleware:
     or stops half-way gets 408, a handler that takes too long 503 (with Retry-After), and
     the connection is closed; nothing waits forever, so SIGTERM drains in time."""
 
-    def __init__(self, app, settings: Settings | None = None) -> None:
+    def __init__(self, app, settings: Settings) -> None:
         self.app = app
-        self.timeout = (settings or Settings()).request_timeout_s
+        self.timeout = settings.request_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.timeout:
@@ -133,81 +112,19 @@ class DeadlineMiddleware:
 
 
 SUBMIT_PATH = "/retrain/submit"
-UPLOAD_TYPES = {
-    "text/csv": "csv",
-    "application/x-ndjson": "jsonl",
-    "application/jsonl": "jsonl",
-    "application/json": "json",
-}
-
-
-async def send_json(
-    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def replay(body: bytes) -> Receive:
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    return receive
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
 
 
 class LimitsAndAuthMiddleware:
-    """413 for bodies over the limit (by content-length, else while streaming); 401 for
-    write endpoints without the right bearer token when one is configured."""
+    """401 for protected routes without the right bearer token when one is configured
+    (`protected(method, path)`: the routes' own declarations, see service/auth.py), before
+    any body is read; then 413 for bodies over the limit (by content-length, else while
+    streaming) and 400 for JSON nested too deep."""
 
-    def __init__(self, app, settings: Settings | None = None) -> None:
+    def __init__(self, app, settings: Settings, protected: Callable[[str, str], bool]) -> None:
         self.app = app
-        self.settings = settings or Settings()
-        token = self.settings.api_token
+        self.settings = settings
+        self.protected = protected
+        token = settings.api_token
         self._token = token.get_secret_value().encode() if token is not None else None
 
     def _too_large(self) -> dict[str, Any]:
@@ -221,33 +138,21 @@ class LimitsAndAuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        protected = (
-            path.startswith(PROTECTED)
-            or (path.startswith("/jobs/") and path.endswith(("/cancel", "/retry")))
-            or (
-                path.startswith("/models/")
-                and path.endswith(("/promote", "/rollback", "/settings"))
+        if (
+            self._token is not None
+            and self.protected(scope.get("method", ""), path)
+            and not token_matches(header(scope, b"authorization"), self._token)
+        ):
+            refused = unauthorized()
+            await send_json(
+                send,
+                refused.status,
+                {"error": refused.message, **refused.extra},
+                [(k.encode(), v.encode()) for k, v in (refused.headers or {}).items()],
             )
-            or (scope.get("method") == "DELETE" and path.startswith("/models/"))
-        )
-        if self._token is not None and protected:
-            given = _header(scope, b"authorization") or ""
-            scheme, _, credential = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                credential.strip().encode(), self._token
-            ):
-                await send_json(
-                    send,
-                    401,
-                    {
-                        "error": "missing or wrong bearer token",
-                        "fix": "send `Authorization: Bearer <REFIT_API_TOKEN>`",
-                    },
-                    [(b"www-authenticate", b"Bearer")],
-                )
-                return
+            return
         limit = self.settings.max_body_bytes
-        length = _header(scope, b"content-length")
+        length = header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await send_json(send, 413, self._too_large())
             return
@@ -258,7 +163,7 @@ class LimitsAndAuthMiddleware:
                 await send_json(send, 413, self._too_large())
                 return
             receive = replay(body)
-            kind = (_header(scope, b"content-type") or "application/json").split(";")[0]
+            kind = (header(scope, b"content-type") or "application/json").split(";")[0]
             if "json" in kind.strip().lower() and json_too_deep(body):
                 await send_json(
                     send,
@@ -270,57 +175,11 @@ class LimitsAndAuthMiddleware:
                     },
                 )
                 return
-            problem = _precheck(path, body, _header(scope, b"content-type"))
+            problem = intake.precheck(path, body, header(scope, b"content-type"))
             if problem is not None:
                 await send_json(send, *problem)
                 return
         await self.app(scope, receive, send)
-
-
-def _precheck(
-    path: str, body: bytes, content_type: str | None
-) -> tuple[int, dict[str, str]] | None:
-    """What BentoML's own input handling gets wrong or lets through: non-JSON bodies and
-    unknown fields in /predict (a 500 or silently ignored), and the synchronous
-    `POST /retrain` (retraining only runs as a queued job)."""
-    if path == "/retrain":
-        return 400, {
-            "error": "POST /retrain is not available: retraining runs as a background job",
-            "fix": "POST the examples to /retrain/submit and poll GET /jobs/{job_id}",
-        }
-    if path == "/predict":
-        kind = (content_type or "application/json").split(";")[0].strip().lower()
-        if kind != "application/json":
-            return 415, {
-                "error": f"unsupported content type {kind!r} for /predict",
-                "fix": 'send application/json: {"texts": [...]}',
-            }
-        try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError):
-            return None  # BentoML reports the JSON error
-        if isinstance(payload, dict):
-            unknown = sorted(set(payload) - PREDICT_FIELDS)
-            if unknown:
-                return 400, {
-                    "error": f"unknown field(s) in /predict: {', '.join(map(repr, unknown[:5]))}",
-                    "fix": 'send only {"texts": [...], "top_k": N, "model": "name"}',
-                }
-    return None
-
-
-def format_errors(errors: list[dict[str, Any]]) -> str:
-    """Pydantic error dicts as one line: `texts.0: Input should be a valid string; ...`."""
-    parts = []
-    for err in errors[:10]:
-        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
-        parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
-    more = len(errors) - len(parts)
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-def _format_validation(exc: ValidationError) -> str:
-    return format_errors(exc.errors(include_input=False))
 
 
 class ErrorShapeMiddleware:
@@ -357,7 +216,7 @@ class ErrorShapeMiddleware:
             if message.get("more_body", False):
                 return
             start = held.pop("start")
-            body = _error_body(b"".join(chunks), start["status"], scope)
+            body = reshape_error(b"".join(chunks), start["status"], scope)
             headers = [
                 (k, v)
                 for k, v in start.get("headers", [])
@@ -373,40 +232,16 @@ class ErrorShapeMiddleware:
         await self.app(scope, receive, reshape)
 
 
-def _error_body(body: bytes, status: int, scope: Scope) -> bytes:
-    phrase = HTTPStatus(status).phrase
-    try:
-        payload = json.loads(body)
-    except ValueError:  # the router's plain-text answers
-        method, path = scope.get("method", ""), scope.get("path", "")
-        if status == 404:
-            text = f"no such endpoint: {method} {path}; the API is listed at /docs"
-        elif status == 405:
-            text = f"{method} is not allowed on {path}; the API is listed at /docs"
-        else:
-            text = body.decode("utf-8", "replace").strip() or phrase
-        return json.dumps({"error": text}).encode()
-    if not isinstance(payload, dict):
-        return json.dumps({"error": phrase, "detail": str(payload)}).encode()
-    detail = payload.get("detail")
-    pydantic_errors = isinstance(detail, list) and all(isinstance(d, dict) for d in detail)
-    if pydantic_errors and status == 400:
-        text = format_errors(detail)
-        return json.dumps({"error": f"invalid request: {text}", "detail": text}).encode()
-    if "error" not in payload:
-        return json.dumps({"error": str(detail or phrase), **payload}).encode()
-    return body
-
-
 class RetrainSubmitMiddleware:
-    """Validates `POST /retrain/submit`, stores the examples and a queued job atomically,
-    and forwards `{"job_id": ...}` to BentoML's task queue. Answers 4xx before anything is
-    stored when the data cannot be trained on."""
+    """`POST /retrain/submit` answers 4xx before anything is stored when the data cannot be
+    trained on (BentoML's task endpoint would accept any body): the body goes to
+    `service.intake`, which stores the examples and a queued job; BentoML's task queue gets
+    only `{"job_id": ...}`."""
 
-    def __init__(self, app, settings: Settings | None = None) -> None:
+    def __init__(self, app, settings: Settings, context: Callable[[], Any]) -> None:
         self.app = app
-        self.settings = settings or Settings()
-        self.store = open_store(self.settings, migrate=False)  # migrated at deployment
+        self.settings = settings
+        self.context = context  # () -> this worker's Context, or None before it exists
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -417,13 +252,22 @@ class RetrainSubmitMiddleware:
             await self.app(scope, receive, send)
             return
         body = await read_body(receive, self.settings.max_body_bytes)
-        try:
-            examples, options = self._parse(scope, body)
-            job = await asyncio.to_thread(self._accept, examples, options)
-        except _Reject as reject:
-            await send_json(send, reject.status, {"error": reject.message, **reject.extra})
+        ctx = self.context()
+        if ctx is None:
+            await send_json(send, 503, {"error": "starting"}, [(b"retry-after", b"5")])
             return
-        except StoreBusy as exc:
+        content_type = (
+            (header(scope, b"content-type") or "application/json").split(";")[0].strip().lower()
+        )
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        try:
+            job = await asyncio.to_thread(
+                intake.accept_retrain, body, content_type, query, self.settings, ctx.store
+            )
+        except ApiError as refused:
+            await send_json(send, refused.status, {"error": refused.message, **refused.extra})
+            return
+        except StoreUnavailable as exc:
             log.warning("retrain submit refused: %s", exc)
             await send_json(send, 503, {"error": str(exc)}, [(b"retry-after", b"5")])
             return
@@ -449,118 +293,21 @@ class RetrainSubmitMiddleware:
 
         await self.app(scope, replay(forwarded), send_with_job)
 
-    def _parse(self, scope: Scope, body: bytes) -> tuple[list[tuple[Any, Any]], RetrainOptions]:
-        content_type = (
-            (_header(scope, b"content-type") or "application/json").split(";")[0].strip().lower()
-        )
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        if content_type == "application/json" and not query:
-            try:
-                request = RetrainRequest.model_validate_json(body)
-            except ValidationError as exc:
-                raise _Reject(400, f"invalid retrain request: {_format_validation(exc)}") from None
-            examples = [(e.text, e.label) for e in request.examples]
-            options = RetrainOptions(**request.model_dump(exclude={"examples"}))
-            return examples, options
-        fmt = UPLOAD_TYPES.get(content_type)
-        if fmt is None:
-            raise _Reject(
-                415,
-                f"unsupported content type {content_type!r}",
-                fix="send JSON {examples: [...]} or upload text/csv or application/x-ndjson with options as query parameters",
-            )
-        try:
-            options = RetrainOptions.model_validate(query)
-        except ValidationError as exc:
-            raise _Reject(400, f"invalid query parameters: {_format_validation(exc)}") from None
-        from training.data import DataError, parse_bytes  # pure Python: no torch
-
-        try:
-            dataset = parse_bytes(body, fmt, "upload", check_classes=False, extra_columns=False)
-        except DataError as exc:
-            raise _Reject(400, f"invalid examples: {exc}", problems=exc.problems[:20]) from None
-        return list(zip(dataset.texts, dataset.labels, strict=True)), options
-
-    def _accept(self, examples: list[tuple[Any, Any]], options: RetrainOptions):
-        from training.data import DataError, build_dataset, check_class_counts
-
-        allowed = ["minilm", *sorted(self.settings.backbones)]
-        if options.backbone is not None and options.backbone not in allowed:
-            raise _Reject(
-                400,
-                f"unknown backbone {options.backbone!r}; allowed: {', '.join(allowed)}",
-                fix="name one of them, or add it to REFIT_BACKBONES"
-                ' ({"NAME": "/local/hf/folder"}) and restart',
-            )
-        limit = self.settings.max_examples_per_request
-        if len(examples) > limit:
-            raise _Reject(
-                413,
-                f"{len(examples)} examples in one request, the limit is {limit}",
-                fix="split the upload or raise REFIT_MAX_EXAMPLES_PER_REQUEST",
-            )
-        try:
-            dataset = build_dataset(
-                ((f"examples[{i}]", t, lab) for i, (t, lab) in enumerate(examples)),
-                check_classes=False,
-            )
-            if dataset.conflicts:
-                shown = ", ".join(repr(t[:60]) for t in dataset.conflicts[:5])
-                raise DataError(
-                    [
-                        f"{len(dataset.conflicts)} text(s) appear with different labels in this request ({shown}); keep one label per text"
-                    ]
-                )
-            model = options.model or self.settings.model_name
-            combined: dict[str, int] = {}
-            base = self.store.dataset(model) if options.mode == "append" else []
-            labeled = dict(base)
-            labeled.update(zip(dataset.texts, dataset.labels, strict=True))
-            for label in labeled.values():
-                combined[label] = combined.get(label, 0) + 1
-            if len(combined) > self.settings.max_classes:
-                raise DataError(
-                    [
-                        f"{len(combined)} distinct labels, the limit is {self.settings.max_classes};"
-                        " check that the label column holds class names, or raise REFIT_MAX_CLASSES"
-                    ]
-                )
-            check_class_counts(combined)
-        except DataError as exc:
-            raise _Reject(400, f"invalid examples: {exc}", problems=exc.problems[:20]) from None
-        job = self.store.create_job(
-            model,
-            options.model_dump(exclude={"model"}),
-            list(zip(dataset.texts, dataset.labels, strict=True)),
-            mode=options.mode,
-            source="http",
-            owner_pid=os.getpid() if self.settings.trainer == "embedded" else None,
-        )
-        log.info("job %s queued: %d examples, mode %s", job.id, len(dataset), options.mode)
-        return job
-
-
-class _Reject(Exception):
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        self.status = status
-        self.message = message
-        self.extra = extra
-        super().__init__(message)
-
 
 class BoundedMetricsMiddleware:
     """`GET /metrics` without the series of versions nothing serves or points to any more
-    (`service.metrics.exposition`). Until the service has told which versions to keep
-    (`metrics.KEEP_VERSIONS`), or when that fails (the store is away), BentoML's own
+    (`service.metrics.exposition`). Before this worker's service can tell which versions to
+    keep (`keep_versions()` is None), or when that fails (the store is away), BentoML's own
     handler answers with everything."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, keep_versions: Callable[[], Callable[[], Any] | None]) -> None:
         self.app = app
+        self.keep_versions = keep_versions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from service import metrics
 
-        keep_versions = metrics.KEEP_VERSIONS
+        keep_versions = self.keep_versions() if scope["type"] == "http" else None
         if (
             scope["type"] != "http"
             or scope["path"] != "/metrics"
@@ -643,7 +390,7 @@ class PredictFastPath:
 
 
 def _plain_predict(payload: Any) -> tuple[list[str], int, str | None] | None:
-    if type(payload) is not dict or not payload.keys() <= PREDICT_FIELDS:
+    if type(payload) is not dict or not payload.keys() <= intake.PREDICT_FIELDS:
         return None
     texts, top_k, model = payload.get("texts"), payload.get("top_k", 1), payload.get("model")
     if type(texts) is not list or type(top_k) is not int:

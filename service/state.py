@@ -11,22 +11,9 @@ from typing import Any
 
 from models import LocalStorage, Registry
 from service.settings import Settings
-from service.store import Store
+from service.stores import Store
 
 log = logging.getLogger(__name__)
-
-
-class DbAliases:
-    """Aliases in the store: one row per model, moved by compare-and-set on a generation."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def read(self, name: str) -> tuple[dict[str, str], Any]:
-        return self.store.aliases(name)
-
-    def compare_and_set(self, name: str, expected: Any, aliases: dict[str, str]) -> bool:
-        return self.store.set_aliases(name, int(expected or 0), aliases)
 
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
@@ -45,7 +32,7 @@ def open_registry(settings: Settings, store: Store) -> Registry:
         )
     else:
         storage = LocalStorage(settings.registry_root)
-    registry = Registry(storage=storage, aliases=DbAliases(store))
+    registry = Registry(storage=storage, aliases=store.aliases)
     if isinstance(storage, LocalStorage):
         import_file_aliases(registry, store)
     return registry
@@ -72,7 +59,7 @@ def import_file_aliases(registry: Registry, store: Store) -> list[str]:
             continue
         if not aliases:
             continue  # no file (or another process imported it first)
-        if store.set_aliases(name, 0, aliases):
+        if store.aliases.compare_and_set(name, 0, aliases):
             imported.append(name)
             log.info("imported the aliases of %s from %s: %s", name, path, aliases)
         else:
@@ -80,7 +67,7 @@ def import_file_aliases(registry: Registry, store: Store) -> list[str]:
                 "%s: the store already has aliases for %s (%s); the file is ignored",
                 path,
                 name,
-                store.aliases(name)[0],
+                store.aliases.read(name)[0],
             )
         with contextlib.suppress(FileNotFoundError):
             os.replace(path, path.with_name("aliases.json.imported"))

@@ -17,15 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from service.errors import ApiError
+
 INPUT = "text"
 OUTPUTS = ("label", "probabilities")
 PLATFORM = "onnxruntime_onnx"
 
 
-class V2Error(Exception):
+class V2Error(ApiError):
+    """A request the protocol refuses: `{"error": message}` with its own status."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = status  # type: ignore[misc]
 
 
 def metadata(name: str, versions: list[str], labels: list[str]) -> dict[str, Any]:

@@ -22,17 +22,21 @@ import sys
 import threading
 import time
 
+from service.runner import die_with_parent, exit_state, trainer_command, trainer_env
 from service.settings import Settings
 from service.state import open_registry, open_store
-from service.store import StoreUnavailable
-from service.trainer import die_with_parent, trainer_env
+from service.stores import StoreUnavailable
+from service.stores.schema import RUNNING
 
-log = logging.getLogger("refit.worker")
+log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, settings: Settings, worker_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, worker_id: str | None = None, *, command=trainer_command
+    ) -> None:
         self.settings = settings
+        self.command = command  # (job_id, worker_id) -> argv of the trainer process
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.store = open_store(settings)
         self.registry = open_registry(settings, self.store)
@@ -41,7 +45,7 @@ class Worker:
 
     def _seen(self, job_id: str | None, state: str) -> None:
         try:
-            self.store.worker_seen(self.id, job_id=job_id, state=state)
+            self.store.workers.worker_seen(self.id, job_id=job_id, state=state)
         except StoreUnavailable as exc:
             log.warning("%s", exc)
 
@@ -49,10 +53,10 @@ class Worker:
         """Reap, then claim and run one job; False when there was nothing to do."""
         s = self.settings
         try:
-            reaped = self.store.reap(timeout_s=s.worker_timeout_s, retries=s.job_retries)
+            reaped = self.store.workers.reap(timeout_s=s.worker_timeout_s, retries=s.job_retries)
             for job_id in reaped:
                 log.warning("job %s: its worker stopped heartbeating; marked interrupted", job_id)
-            job = self.store.claim_job(self.id)
+            job = self.store.workers.claim_job(self.id)
         except StoreUnavailable as exc:
             log.warning("%s", exc)
             return False
@@ -67,7 +71,7 @@ class Worker:
         self._seen(job_id, "running")
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.trainer", job_id, self.id],
+            self.command(job_id, self.id),
             env=trainer_env(s),
             preexec_fn=die_with_parent,
         )
@@ -76,7 +80,7 @@ class Worker:
             if self.stopping.wait(s.worker_heartbeat_s):
                 break
             try:
-                held = self.store.heartbeat(job_id, self.id, self.proc.pid)
+                held = self.store.workers.heartbeat(job_id, self.id, self.proc.pid)
             except StoreUnavailable as exc:  # keep training; the result waits for the store
                 log.warning("job %s: heartbeat not recorded: %s", job_id, exc)
                 continue
@@ -96,20 +100,15 @@ class Worker:
         code = self.proc.returncode
         self.proc = None
         try:
-            job = self.store.get_job(job_id)
-            if job is not None and job.state == "running" and job.worker == self.id:
+            job = self.store.jobs.get_job(job_id)
+            if job is not None and job.state == RUNNING and job.worker == self.id:
                 removed = self.registry.clean_staging(model)
                 if self.stopping.is_set():
                     # given up at once, and queued again for another worker
-                    self.store.reap(timeout_s=0, retries=s.job_retries, job_id=job_id)
+                    self.store.workers.reap(timeout_s=0, retries=s.job_retries, job_id=job_id)
                 else:
-                    self.store.finish(
-                        job_id,
-                        "failed",
-                        worker=self.id,
-                        error=f"the trainer exited with {code} during {job.phase};"
-                        f" nothing was published; retry it with POST /jobs/{job_id}/retry",
-                    )
+                    state, error = exit_state(code, job.phase, job_id)
+                    self.store.jobs.finish(job_id, state, worker=self.id, error=error)
                 log.warning(
                     "job %s: trainer exited with %s; removed staging %s", job_id, code, removed
                 )

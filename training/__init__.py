@@ -6,8 +6,8 @@ Heavy modules (torch, transformers) are imported lazily by the functions that ne
 
 from __future__ import annotations
 
+from models.data import DataError, Dataset, load_dataset
 from training.config import PolicyThresholds, TrainConfig
-from training.data import DataError, Dataset, load_dataset
 from training.policy import Decision, decide
 from training.progress import Cancelled, Progress
 

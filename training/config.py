@@ -97,11 +97,22 @@ class TrainConfig:
     # 0.3 points of fp32; always = built and served; never = none
     quantize: str = "auto"
     parity_tolerance: float = 1e-4
-    promote: bool = False
+    # after publishing: never (a candidate), auto (through the promotion gate:
+    # training/promotion.py), always (skip the gate); True means auto
+    promote: Literal["never", "auto", "always"] | bool = "never"
+    promotion_tolerance: float = 0.0  # macro-F1 a challenger may lose and still pass the gate
     cache_dir: Path | None = None  # embedding cache; None: <registry root>/.cache
     thresholds: PolicyThresholds = field(default_factory=PolicyThresholds)
 
     def __post_init__(self) -> None:
+        if isinstance(self.promote, bool):
+            object.__setattr__(self, "promote", "auto" if self.promote else "never")
+        _require(
+            self.promote in ("never", "auto", "always"),
+            "promote",
+            "never, auto or always",
+            self.promote,
+        )
         _require(self.strategy in _STRATEGIES, "strategy", f"one of {_STRATEGIES}", self.strategy)
         _require(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
         _require(8 <= self.max_length <= 512, "max_length", "between 8 and 512", self.max_length)

@@ -51,7 +51,7 @@ class Reporter:
     ) -> None:
         self._callback = callback
         self._cancel = cancel
-        self._log = logging.getLogger("training.progress")
+        self._log = logging.getLogger(__name__)
 
     def __call__(self, phase: Phase, phase_fraction: float, message: str = "") -> None:
         if self._cancel is not None and self._cancel():

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from service.harness.fleet import Fleet, launch_fleet, promotions_under_load
 from tests.cluster.conftest import Postgres, SeaweedS3
-from tests.cluster.fleet import Fleet, launch_fleet, promotions_under_load
 from tests.conftest import banking77_slice, read_banking77
 from tests.e2e.conftest import Server, submit, wait_job
 
@@ -135,7 +135,9 @@ def test_a_worker_killed_mid_fine_tuning_is_retried_elsewhere_and_publishes_once
             "the job is marked interrupted",
         )
         assert "stopped heartbeating" in interrupted["error"]
-        retry = next(j for j in store.list_jobs("default") if j.request.get("retry_of") == job_id)
+        retry = next(
+            j for j in store.jobs.list_jobs("default") if j.request.get("retry_of") == job_id
+        )
         final, _ = wait_job(c, retry.id, timeout=400)
     assert final["state"] == "succeeded", final
     assert final["worker"] != job["worker"]
@@ -149,7 +151,7 @@ def test_a_worker_killed_mid_fine_tuning_is_retried_elsewhere_and_publishes_once
 
 def test_a_killed_replica_leaves_b_serving_and_a_new_replica_starts_from_s3(fleet: Fleet) -> None:
     a, b = fleet.replicas["a"], fleet.replicas["b"]
-    production = fleet.store().aliases("default")[0]["production"]
+    production = fleet.store().aliases.read("default")[0]["production"]
     a.stop(signal.SIGKILL)
     with b.client() as c:
         for _ in range(20):
@@ -166,7 +168,7 @@ def test_a_killed_replica_leaves_b_serving_and_a_new_replica_starts_from_s3(flee
 def test_postgres_down_for_10s_fails_no_prediction_and_writes_get_503(fleet: Fleet) -> None:
     b, c = fleet.replicas["b"], fleet.replicas["c"]
     store = fleet.store()
-    examples_before = store.example_count()
+    examples_before = store.examples.example_count()
     stop = threading.Event()
     failures: list[str] = []
     counts = [0]
@@ -223,14 +225,14 @@ def test_postgres_down_for_10s_fails_no_prediction_and_writes_get_503(fleet: Fle
         for t in threads:
             t.join(30)
     assert failures == [] and counts[0] > 50
-    assert store.example_count() == examples_before + accepted
+    assert store.examples.example_count() == examples_before + accepted
 
 
 def test_s3_down_keeps_replicas_serving_and_a_promotion_applies_when_it_returns(
     fleet: Fleet,
 ) -> None:
     b, c = fleet.replicas["b"], fleet.replicas["c"]
-    old = fleet.store().aliases("default")[0]["production"]
+    old = fleet.store().aliases.read("default")[0]["production"]
     candidate = fleet.copy_version(old)
     fleet.s3.stop()
     try:
@@ -259,9 +261,11 @@ def test_200_feedback_examples_across_two_replicas_start_exactly_one_job(fleet: 
     b, c = fleet.replicas["b"], fleet.replicas["c"]
     store = fleet.store()
     # the earlier tests left some pending feedback; top it up to the trigger's 200
-    pending = store.trigger_state("default")["pending"]
+    pending = store.triggers.trigger_state("default")["pending"]
     rows = [r for r in read_banking77("train") if r[1] in CLASSES][: 200 - pending]
-    triggered_before = [j.id for j in store.list_jobs("default", 500) if j.request.get("trigger")]
+    triggered_before = [
+        j.id for j in store.jobs.list_jobs("default", 500) if j.request.get("trigger")
+    ]
     for i in range(0, len(rows), 20):
         srv = b if (i // 20) % 2 == 0 else c
         with srv.client() as http:
@@ -273,7 +277,7 @@ def test_200_feedback_examples_across_two_replicas_start_exactly_one_job(fleet: 
     wait_until(
         lambda: any(
             j.request.get("trigger") and j.id not in triggered_before
-            for j in store.list_jobs("default", 500)
+            for j in store.jobs.list_jobs("default", 500)
         ),
         20,
         "a trigger fires",
@@ -281,7 +285,7 @@ def test_200_feedback_examples_across_two_replicas_start_exactly_one_job(fleet: 
     time.sleep(4)  # several more trigger polls on both replicas
     new = [
         j
-        for j in store.list_jobs("default", 500)
+        for j in store.jobs.list_jobs("default", 500)
         if j.request.get("trigger") and j.id not in triggered_before
     ]
     assert len(new) == 1, [j.to_dict() for j in new]
@@ -303,8 +307,10 @@ def test_a_byte_changed_in_s3_is_refused_and_the_last_good_version_keeps_serving
         assert r.status_code == 409 and "model.onnx: sha256" in r.json()["error"]
         # the alias pointing at it anyway (an operator's hand edit of the store)
         store = fleet.store()
-        aliases, generation = store.aliases("default")
-        assert store.set_aliases("default", generation, {"production": bad, "previous": good})
+        aliases, generation = store.aliases.read("default")
+        assert store.aliases.compare_and_set(
+            "default", generation, {"production": bad, "previous": good}
+        )
         try:
             listing = wait_until(
                 lambda: (m := http.get("/models").json())["serving"]["error"] and m,
@@ -316,5 +322,5 @@ def test_a_byte_changed_in_s3_is_refused_and_the_last_good_version_keeps_serving
             r = http.post("/predict", json={"texts": ["card declined"]})
             assert r.status_code == 200 and r.json()["version"] == good
         finally:
-            aliases, generation = store.aliases("default")
-            store.set_aliases("default", generation, {"production": good})
+            aliases, generation = store.aliases.read("default")
+            store.aliases.compare_and_set("default", generation, {"production": good})

@@ -212,7 +212,7 @@ def test_corrupt_version_is_refused_and_the_last_good_keeps_serving(fault_server
         row = next(v for v in c.get("/models").json()["versions"] if v["version"] == candidate)
         assert row["status"].startswith("corrupt: ")
         cli = subprocess.run(
-            [sys.executable, "-m", "training.cli", "--home", str(fault_server.home)]
+            [sys.executable, "-m", "service.cli", "--home", str(fault_server.home)]
             + ["models", "verify", "default"],
             cwd=REPO,
             capture_output=True,

@@ -179,7 +179,7 @@ def test_test_labels_unknown_to_training_are_refused(tmp_path: Path, ten_classes
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, timeout=600
     )
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.runtime import MicroBatcher
+from service.batcher import MicroBatcher
 
 
 @dataclass

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.data import build_dataset, parse_bytes, stratified_split
 from models.text import invalid_character
 from training import DataError, TrainConfig, load_dataset
-from training.data import build_dataset, parse_bytes, stratified_split
 
 GOOD = [("hello there", "greet"), ("hi", "greet"), ("bye now", "leave"), ("see you", "leave")]
 

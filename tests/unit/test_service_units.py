@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from models import Metrics
 from service.settings import Settings
-from service.trainer import gate
 from tests.conftest import REPO
+from training.promotion import gate
 
 
 def m(f1: float) -> Metrics:
@@ -58,8 +58,8 @@ def test_settings_refuse_unsafe_values(monkeypatch) -> None:
 
 def test_inference_side_never_imports_torch_or_transformers() -> None:
     code = (
-        "import sys, service.app, service.runtime, service.middleware, service.store;"
-        "from training.data import parse_bytes; parse_bytes(b'text,label\\na,x\\nb,x\\nc,y\\nd,y\\n', 'csv');"
+        "import sys, service.app, service.loading, service.pool, service.middleware, service.stores;"
+        "from models.data import parse_bytes; parse_bytes(b'text,label\\na,x\\nb,x\\nc,y\\nd,y\\n', 'csv');"
         "bad = [m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from service.store import Store, StoreBusy
+from service.stores import Store, StoreUnavailable
 
 
 @pytest.fixture
@@ -15,54 +15,58 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_append_builds_on_replace_and_latest_label_wins(store: Store) -> None:
-    store.create_job("m", {}, [("a", "x"), ("b", "y")], mode="append", source="t")
-    store.create_job("m", {}, [("c", "x"), ("a", "z")], mode="append", source="t")
-    assert store.dataset("m") == [("b", "y"), ("c", "x"), ("a", "z")]
-    third = store.create_job("m", {}, [("d", "x"), ("e", "y")], mode="replace", source="t")
-    store.create_job("m", {}, [("f", "y")], mode="append", source="t")
-    assert store.dataset("m") == [("d", "x"), ("e", "y"), ("f", "y")]
+    store.jobs.create_job("m", {}, [("a", "x"), ("b", "y")], mode="append", source="t")
+    store.jobs.create_job("m", {}, [("c", "x"), ("a", "z")], mode="append", source="t")
+    assert store.examples.dataset("m") == [("b", "y"), ("c", "x"), ("a", "z")]
+    third = store.jobs.create_job("m", {}, [("d", "x"), ("e", "y")], mode="replace", source="t")
+    store.jobs.create_job("m", {}, [("f", "y")], mode="append", source="t")
+    assert store.examples.dataset("m") == [("d", "x"), ("e", "y"), ("f", "y")]
     # a job sees the data as of its own batch, not later submissions
-    assert store.dataset("m", upto_batch=third.batch_id) == [("d", "x"), ("e", "y")]
-    assert store.dataset("other") == []
+    assert store.examples.dataset("m", upto_batch=third.batch_id) == [("d", "x"), ("e", "y")]
+    assert store.examples.dataset("other") == []
 
 
 def test_jobs_run_in_submit_order_one_at_a_time(store: Store) -> None:
-    first = store.create_job("m", {"mode": "append"}, [("a", "x")], mode="append", source="t")
-    second = store.create_job("m", {}, [("b", "x")], mode="append", source="t")
-    assert store.next_in_line("m") == first.id
-    store.mark_running(first.id, pid=1)
-    store.set_progress(first.id, "training", 0.5, "epoch 1/2")
-    job = store.get_job(first.id)
+    first = store.jobs.create_job("m", {"mode": "append"}, [("a", "x")], mode="append", source="t")
+    second = store.jobs.create_job("m", {}, [("b", "x")], mode="append", source="t")
+    assert store.jobs.next_in_line("m") == first.id
+    store.jobs.mark_running(first.id, pid=1)
+    store.jobs.set_progress(first.id, "training", 0.5, "epoch 1/2")
+    job = store.jobs.get_job(first.id)
     assert (job.state, job.phase, job.fraction, job.message) == (
         "running",
         "training",
         0.5,
         "epoch 1/2",
     )
-    store.finish(first.id, "succeeded", result={"version": "v1"})
-    assert store.get_job(first.id).result == {"version": "v1"}
-    assert store.get_job(first.id).phase == "done"
-    assert store.next_in_line("m") == second.id
-    store.finish(first.id, "failed", error="late")  # a final state is never overwritten
-    assert store.get_job(first.id).state == "succeeded"
+    store.jobs.finish(first.id, "succeeded", result={"version": "v1"})
+    assert store.jobs.get_job(first.id).result == {"version": "v1"}
+    assert store.jobs.get_job(first.id).phase == "done"
+    assert store.jobs.next_in_line("m") == second.id
+    store.jobs.finish(first.id, "failed", error="late")  # a final state is never overwritten
+    assert store.jobs.get_job(first.id).state == "succeeded"
 
 
 def test_failed_insert_stores_neither_examples_nor_job(store: Store) -> None:
     with pytest.raises(sa_exc.IntegrityError):
-        store.create_job("m", {}, [("a", "x"), (None, "y")], mode="append", source="t")  # type: ignore[list-item]
-    assert store.example_count() == 0
-    assert store.list_jobs() == []
+        store.jobs.create_job("m", {}, [("a", "x"), (None, "y")], mode="append", source="t")  # type: ignore[list-item]
+    assert store.examples.example_count() == 0
+    assert store.jobs.list_jobs() == []
 
 
 def test_reconcile_marks_jobs_of_dead_owners_interrupted(store: Store) -> None:
-    alive = store.create_job("m", {}, [("a", "x")], mode="append", source="t", owner_pid=10)
-    dead_queued = store.create_job("m", {}, [("b", "x")], mode="append", source="t", owner_pid=11)
-    dead_running = store.create_job("n", {}, [("c", "x")], mode="append", source="t", owner_pid=10)
-    store.mark_running(dead_running.id, pid=12)
-    interrupted = store.reconcile(owner_alive=lambda pid: pid == 10)
+    alive = store.jobs.create_job("m", {}, [("a", "x")], mode="append", source="t", owner_pid=10)
+    dead_queued = store.jobs.create_job(
+        "m", {}, [("b", "x")], mode="append", source="t", owner_pid=11
+    )
+    dead_running = store.jobs.create_job(
+        "n", {}, [("c", "x")], mode="append", source="t", owner_pid=10
+    )
+    store.jobs.mark_running(dead_running.id, pid=12)
+    interrupted = store.jobs.reconcile(owner_alive=lambda pid: pid == 10)
     assert sorted(interrupted) == sorted([dead_queued.id, dead_running.id])
-    assert store.get_job(alive.id).state == "queued"
-    job = store.get_job(dead_running.id)
+    assert store.jobs.get_job(alive.id).state == "queued"
+    job = store.jobs.get_job(dead_running.id)
     assert job.state == "interrupted"
     assert job.error == (
         "the service stopped before this job finished; nothing was published;"
@@ -71,12 +75,12 @@ def test_reconcile_marks_jobs_of_dead_owners_interrupted(store: Store) -> None:
 
 
 def test_cancel_flag(store: Store) -> None:
-    job = store.create_job("m", {}, [("a", "x")], mode="append", source="t")
-    assert not store.cancel_requested(job.id)
-    assert store.request_cancel(job.id)
-    assert store.cancel_requested(job.id)
-    store.finish(job.id, "cancelled")
-    assert not store.request_cancel(job.id)
+    job = store.jobs.create_job("m", {}, [("a", "x")], mode="append", source="t")
+    assert not store.jobs.cancel_requested(job.id)
+    assert store.jobs.request_cancel(job.id)
+    assert store.jobs.cancel_requested(job.id)
+    store.jobs.finish(job.id, "cancelled")
+    assert not store.jobs.request_cancel(job.id)
 
 
 def test_a_writer_locked_out_gets_store_busy_and_nothing_is_stored(tmp_path: Path) -> None:
@@ -84,25 +88,25 @@ def test_a_writer_locked_out_gets_store_busy_and_nothing_is_stored(tmp_path: Pat
     holder = sqlite3.connect(tmp_path / "s.sqlite", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        with pytest.raises(StoreBusy, match=r"stayed locked by another writer for 0.3 s"):
-            store.create_job("m", {}, [("a", "x"), ("b", "y")], mode="append", source="t")
+        with pytest.raises(StoreUnavailable, match=r"stayed locked by another writer for 0.3 s"):
+            store.jobs.create_job("m", {}, [("a", "x"), ("b", "y")], mode="append", source="t")
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert store.example_count() == 0 and store.list_jobs() == []
-    job = store.create_job("m", {}, [("a", "x"), ("b", "y")], mode="append", source="t")
-    assert store.example_count() == 2 and store.get_job(job.id).state == "queued"
+    assert store.examples.example_count() == 0 and store.jobs.list_jobs() == []
+    job = store.jobs.create_job("m", {}, [("a", "x"), ("b", "y")], mode="append", source="t")
+    assert store.examples.example_count() == 2 and store.jobs.get_job(job.id).state == "queued"
 
 
 def test_retry_runs_the_same_request_on_the_same_data(store: Store) -> None:
-    first = store.create_job(
+    first = store.jobs.create_job(
         "m", {"strategy": "auto"}, [("a", "x"), ("b", "y")], mode="replace", source="t"
     )
-    store.create_job("m", {}, [("c", "x")], mode="append", source="t")  # newer data
-    store.finish(first.id, "interrupted", error="killed")
-    retry = store.retry_job(store.get_job(first.id), owner_pid=7)
+    store.jobs.create_job("m", {}, [("c", "x")], mode="append", source="t")  # newer data
+    store.jobs.finish(first.id, "interrupted", error="killed")
+    retry = store.jobs.retry_job(store.jobs.get_job(first.id), owner_pid=7)
     assert retry.id != first.id and retry.state == "queued"
     assert retry.request == {"strategy": "auto", "retry_of": first.id}
     assert retry.batch_id == first.batch_id
-    assert store.dataset("m", upto_batch=retry.batch_id) == [("a", "x"), ("b", "y")]
-    assert store.example_count() == 3
+    assert store.examples.dataset("m", upto_batch=retry.batch_id) == [("a", "x"), ("b", "y")]
+    assert store.examples.example_count() == 3

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from service.drift import js_divergence
-from service.store import RetrainPolicy, Store, trigger_cause
+from service.stores import Store
+from service.triggers import RetrainPolicy, trigger_cause
 
 POLICY = RetrainPolicy(min_pending=10, interval_s=0, drift_threshold=0.2, backoff_s=100)
 
 
 def feedback(store: Store, n: int, start: int = 0) -> int:
-    return store.add_feedback(
+    return store.examples.add_feedback(
         "m", [(f"text {i}", "ab"[i % 2], None) for i in range(start, start + n)]
     )[1]
 
@@ -27,18 +28,18 @@ def store(tmp_path: Path) -> Store:
 def test_pending_counts_feedback_since_the_last_successful_job(store: Store) -> None:
     assert feedback(store, 4) == 4
     assert feedback(store, 3, start=4) == 7
-    job = store.create_job("m", {}, [], mode="append", source="http")
-    assert store.trigger_state("m")["pending"] == 7  # queued: not trained on yet
-    store.finish(job.id, "succeeded", result={})
-    assert store.trigger_state("m")["pending"] == 0
+    job = store.jobs.create_job("m", {}, [], mode="append", source="http")
+    assert store.triggers.trigger_state("m")["pending"] == 7  # queued: not trained on yet
+    store.jobs.finish(job.id, "succeeded", result={})
+    assert store.triggers.trigger_state("m")["pending"] == 0
     assert feedback(store, 2, start=100) == 2
 
 
 def test_the_pending_threshold_fires_once_and_never_twice_at_a_time(store: Store) -> None:
     feedback(store, 9)
-    assert store.maybe_trigger("m", POLICY, now=1000.0) is None
+    assert store.triggers.maybe_trigger("m", POLICY, now=1000.0) is None
     feedback(store, 1, start=9)
-    job = store.maybe_trigger("m", POLICY, now=1001.0, owner_pid=42)
+    job = store.triggers.maybe_trigger("m", POLICY, now=1001.0, owner_pid=42)
     assert job is not None and job.state == "queued" and job.pid == 42
     assert job.request == {
         "strategy": "auto",
@@ -48,39 +49,42 @@ def test_the_pending_threshold_fires_once_and_never_twice_at_a_time(store: Store
         "cause": "10 new labeled examples pending (threshold 10)",
         "pending": 10,
     }
-    assert store.dataset("m", upto_batch=job.batch_id)[-1] == ("text 9", "b")  # trains on all
+    assert store.examples.dataset("m", upto_batch=job.batch_id)[-1] == (
+        "text 9",
+        "b",
+    )  # trains on all
     feedback(store, 50, start=10)
-    assert store.maybe_trigger("m", POLICY, now=1002.0) is None  # one job at a time
+    assert store.triggers.maybe_trigger("m", POLICY, now=1002.0) is None  # one job at a time
 
 
 def test_concurrent_workers_start_one_job(tmp_path: Path) -> None:
     stores = [Store(tmp_path / "refit.sqlite") for _ in range(4)]  # one per worker
     feedback(stores[0], 12)
-    started = [s.maybe_trigger("m", POLICY, now=5.0) for s in stores]
+    started = [s.triggers.maybe_trigger("m", POLICY, now=5.0) for s in stores]
     assert sum(j is not None for j in started) == 1
-    assert len(stores[0].list_jobs("m")) == 1
+    assert len(stores[0].jobs.list_jobs("m")) == 1
 
 
 def test_failed_jobs_back_off_exponentially_and_state_survives_a_restart(tmp_path: Path) -> None:
     store = Store(tmp_path / "refit.sqlite")
     feedback(store, 10)
-    first = store.maybe_trigger("m", POLICY, now=0.0)
-    store.finish(first.id, "failed", error="boom")
-    finished = store.get_job(first.id).finished_at
+    first = store.triggers.maybe_trigger("m", POLICY, now=0.0)
+    store.jobs.finish(first.id, "failed", error="boom")
+    finished = store.jobs.get_job(first.id).finished_at
     restarted = Store(tmp_path / "refit.sqlite")  # a new process: everything read back from disk
-    state = restarted.trigger_state("m")
+    state = restarted.triggers.trigger_state("m")
     assert state["pending"] == 10 and state["consecutive_failures"] == 1
-    assert restarted.maybe_trigger("m", POLICY, now=finished + 99) is None
-    second = restarted.maybe_trigger("m", POLICY, now=finished + 101)
+    assert restarted.triggers.maybe_trigger("m", POLICY, now=finished + 99) is None
+    second = restarted.triggers.maybe_trigger("m", POLICY, now=finished + 101)
     assert second is not None
-    restarted.finish(second.id, "interrupted", error="killed")
-    again = restarted.get_job(second.id).finished_at
-    assert restarted.trigger_state("m")["consecutive_failures"] == 2
-    assert restarted.maybe_trigger("m", POLICY, now=again + 199) is None  # 100 s x 2
-    third = restarted.maybe_trigger("m", POLICY, now=again + 201)
-    restarted.finish(third.id, "succeeded", result={})
-    assert restarted.trigger_state("m")["consecutive_failures"] == 0
-    assert restarted.trigger_state("m")["pending"] == 0
+    restarted.jobs.finish(second.id, "interrupted", error="killed")
+    again = restarted.jobs.get_job(second.id).finished_at
+    assert restarted.triggers.trigger_state("m")["consecutive_failures"] == 2
+    assert restarted.triggers.maybe_trigger("m", POLICY, now=again + 199) is None  # 100 s x 2
+    third = restarted.triggers.maybe_trigger("m", POLICY, now=again + 201)
+    restarted.jobs.finish(third.id, "succeeded", result={})
+    assert restarted.triggers.trigger_state("m")["consecutive_failures"] == 0
+    assert restarted.triggers.trigger_state("m")["pending"] == 0
 
 
 def base_state(**kw):
@@ -158,17 +162,17 @@ def test_js_divergence_on_known_distributions() -> None:
 
 
 def test_uncertain_inputs_keep_a_hash_unless_texts_are_allowed(store: Store) -> None:
-    store.add_uncertain("m", [("v1", "a", 0.3, "secret text", 1.0)], keep_text=False)
-    store.add_uncertain("m", [("v1", "b", 0.4, "labelable text", 2.0)], keep_text=True)
-    newest, oldest = store.uncertain("m", 10)
+    store.telemetry.add_uncertain("m", [("v1", "a", 0.3, "secret text", 1.0)], keep_text=False)
+    store.telemetry.add_uncertain("m", [("v1", "b", 0.4, "labelable text", 2.0)], keep_text=True)
+    newest, oldest = store.telemetry.uncertain("m", 10)
     assert newest["text"] == "labelable text" and newest["label"] == "b"
     assert oldest["text"] is None and len(oldest["text_sha256"]) == 64
 
 
 def test_traffic_counts_add_up_across_workers(store: Store) -> None:
-    store.add_traffic("m", {("v1", "a"): (3, 2.4), ("v1", "b"): (1, 0.5)})
-    store.add_traffic("m", {("v1", "a"): (2, 1.6), ("v2", "a"): (7, 7.0)})
-    counts, confidence = store.traffic("m", "v1")
+    store.telemetry.add_traffic("m", {("v1", "a"): (3, 2.4), ("v1", "b"): (1, 0.5)})
+    store.telemetry.add_traffic("m", {("v1", "a"): (2, 1.6), ("v2", "a"): (7, 7.0)})
+    counts, confidence = store.telemetry.traffic("m", "v1")
     assert counts == {"a": 5, "b": 1} and confidence == pytest.approx(4.5)
 
 

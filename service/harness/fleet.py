@@ -1,10 +1,12 @@
 """A fleet of real processes on one PostgreSQL and one S3 bucket: replicas (`python -m
-service`) and `refit worker`s. Used by tests/cluster and bench/cluster_bench.py."""
+service`) and `refit worker`s. Used by tests/cluster and bench/cluster_bench.py; also
+`clone_version`, a second version without training one."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,14 +19,12 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.swap_under_load import clone_version
 from models import Registry
 from models._s3 import S3Storage
-from service.state import DbAliases
-from service.store import Store
-from tests.cluster.conftest import Postgres, SeaweedS3
-from tests.conftest import REPO
-from tests.e2e.conftest import Server, make_server
+from service.harness.cluster import Postgres, SeaweedS3
+from service.harness.data import REPO
+from service.harness.server import Server, make_server
+from service.stores import Store
 
 
 @dataclass
@@ -35,7 +35,7 @@ class WorkerProc:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "worker"],
+            [sys.executable, "-m", "service.cli", "worker"],
             cwd=REPO,
             env=self.env,
             stdout=self.log_path.open("ab"),
@@ -75,7 +75,7 @@ class Fleet:
             storage=S3Storage(
                 self.registry_url, self.tmp / "tool-cache", endpoint_url=self.s3.endpoint
             ),
-            aliases=DbAliases(self.store()),
+            aliases=self.store().aliases,
         )
 
     def replica(self, name: str) -> Server:
@@ -154,7 +154,7 @@ def promotions_under_load(fleet: Fleet, seconds: float, clients: int = 16) -> Lo
     """`clients` keep-alive clients (half on A, half on B) predict for `seconds` while three
     promotions and one rollback are sent alternately to A and B."""
     a, b = fleet.replicas["a"], fleet.replicas["b"]
-    start = fleet.store().aliases("default")[0]["production"]
+    start = fleet.store().aliases.read("default")[0]["production"]
     candidates = [fleet.copy_version(start) for _ in range(3)]
     run = LoadRun(order=[start, *candidates, candidates[1]], rolled_back_to="")
     run.seen = [[] for _ in range(clients)]
@@ -197,3 +197,20 @@ def promotions_under_load(fleet: Fleet, seconds: float, clients: int = 16) -> Lo
         for t in threads:
             t.join(30)
     return run
+
+
+def clone_version(home_or_registry, name: str = "default", source: str = "production") -> str:
+    """Publish a copy of a version under a new version id (a swap loads a real, separate
+    ONNX session either way; training three models would only add minutes)."""
+    registry = home_or_registry
+    if isinstance(home_or_registry, Path):
+        from service.settings import Settings
+        from service.state import open_state
+
+        registry = open_state(Settings(home=home_or_registry))[1]
+    mv = registry.verify(name, source)
+    staging = registry.stage(name)
+    for file in mv.metadata.files:
+        shutil.copy2(mv.path / file, staging.path / file)
+    meta = mv.metadata.model_copy(update={"version": staging.version})
+    return registry.publish(staging, meta).version

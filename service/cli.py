@@ -15,142 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from models import CorruptVersionError, Registry, RegistryError
-
-EXIT_BAD_INPUT = 2
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(f"refit: {text}\n")
-
-
-def _metrics_dict(m: Any) -> dict[str, Any] | None:
-    if m is None:
-        return None
-    return {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "count": m.count}
-
-
-class _ProgressBar:
-    """A tqdm bar over the job's overall fraction, on stderr."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=1000,
-                unit="‰",
-                file=sys.stderr,
-                bar_format="{l_bar}{bar}| {elapsed}<{remaining}",
-            )
-
-    def __call__(self, event) -> None:
-        if self.bar is None:
-            return
-        self.bar.set_description(f"{event.phase} {event.message}"[:60])
-        self.bar.update(int(event.fraction * 1000) - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _settings(args: argparse.Namespace):
-    """The service's settings (REFIT_* variables), with the command line's overrides: the
-    CLI works on the same store and registry as the service."""
-    from service.settings import Settings
-
-    overrides: dict[str, Any] = {}
-    if args.home:
-        overrides["home"] = Path(args.home)
-    if args.database_url:
-        overrides["database_url"] = args.database_url
-    if args.registry_url:
-        overrides["registry_url"] = args.registry_url
-    return Settings(**overrides)
-
-
-def _registry(args: argparse.Namespace) -> Registry:
-    from service.state import open_state
-
-    return open_state(_settings(args))[1]
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from training.config import TrainConfig
-    from training.data import DataError, load_dataset
-
-    try:
-        config = TrainConfig(
-            name=args.name,
-            strategy=args.strategy,
-            backbone=Path(args.backbone) if args.backbone else None,
-            quantize=args.quantize,
-            promote=args.promote,
-            seed=args.seed,
-            epochs=args.epochs,
-            device=args.device,
-        )
-        dataset = load_dataset(args.data)
-        test = load_dataset(args.test) if args.test else None
-    except (DataError, ValueError) as exc:
-        _err(str(exc))
-        return EXIT_BAD_INPUT
-
-    from training.pipeline import train
-
-    registry = _registry(args)
-    bar = _ProgressBar(enabled=not args.no_progress and sys.stderr.isatty() or args.progress)
-    started = time.perf_counter()
-    try:
-        result = train(dataset, config, registry=registry, test_data=test, progress=bar)
-    except (DataError, RegistryError, ValueError) as exc:
-        bar.close()
-        _err(str(exc))
-        return EXIT_BAD_INPUT
-    bar.close()
-    wall = time.perf_counter() - started
-    meta = result.metadata
-    summary = {
-        "name": meta.name,
-        "version": meta.version,
-        "strategy": meta.strategy,
-        "reason": meta.reason,
-        "promoted": result.promoted,
-        "metrics": _metrics_dict(meta.metrics),
-        "test_metrics": _metrics_dict(meta.test_metrics),
-        "data": {
-            "count": meta.data.count,
-            "classes": len(meta.labels),
-            "train": meta.data.train_count,
-            "validation": meta.data.validation_count,
-        },
-        "quantized": meta.quantized,
-        "wall_time_s": round(wall, 1),
-        "timings": result.timings,
-        "path": str(registry.model_dir(meta.name) / meta.version),
-    }
-    if args.json:
-        _out(json.dumps(summary))
-        return 0
-    _out(f"model      {meta.name} {meta.version}{'  (production)' if result.promoted else ''}")
-    _out(f"strategy   {meta.strategy}: {meta.reason}")
-    _out(
-        f"data       {meta.data.count} examples, {len(meta.labels)} classes ({meta.data.train_count} train / {meta.data.validation_count} validation)"
-    )
-    _out(f"validation accuracy {meta.metrics.accuracy:.4f}  macro-F1 {meta.metrics.macro_f1:.4f}")
-    if meta.test_metrics is not None:
-        _out(
-            f"test       accuracy {meta.test_metrics.accuracy:.4f}  macro-F1 {meta.test_metrics.macro_f1:.4f} ({meta.test_metrics.count} examples)"
-        )
-    _out(f"wall time  {wall:.1f} s")
-    if not result.promoted:
-        _out(f"promote it with: refit models promote {meta.name} {meta.version}")
-    return 0
+from service.cli_common import EXIT_BAD_INPUT, err, out, registry_for, settings_for
+from service.cli_train import add_train_command
 
 
 def _version_row(
@@ -194,18 +60,18 @@ def _verify(registry: Registry, args: argparse.Namespace) -> int:
         if args.json:
             continue
         if r["ok"]:
-            _out(f"{r['name']} {r['version']}: ok ({r['files']} files verified)")
+            out(f"{r['name']} {r['version']}: ok ({r['files']} files verified)")
         else:
-            _out(f"{r['name']} {r['version']}: CORRUPT: {r['error']}")
+            out(f"{r['name']} {r['version']}: CORRUPT: {r['error']}")
     if args.json:
-        _out(json.dumps(results))
+        out(json.dumps(results))
     if not results:
-        _err(f"no model versions under {registry.root}")
+        err(f"no model versions under {registry.root}")
     return 0 if results and all(r["ok"] for r in results) else EXIT_BAD_INPUT
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    registry = _registry(args)
+    registry = registry_for(args)
     try:
         if args.action == "list":
             names = [args.name] if args.name else registry.list_models()
@@ -216,44 +82,52 @@ def cmd_models(args: argparse.Namespace) -> int:
                     _version_row(registry, name, v, aliases) for v in registry.list_versions(name)
                 )
             if args.json:
-                _out(json.dumps(rows))
+                out(json.dumps(rows))
             elif not rows:
-                _out(f"no models under {registry.root}; train one with `refit train DATA`")
+                out(f"no models under {registry.root}; train one with `refit train DATA`")
             else:
                 for r in rows:
                     tag = f" [{', '.join(r['aliases'])}]" if r["aliases"] else ""
                     if "corrupt" in r:
-                        _out(f"{r['name']}  {r['version']}{tag}  CORRUPT: {r['corrupt']}")
+                        out(f"{r['name']}  {r['version']}{tag}  CORRUPT: {r['corrupt']}")
                         continue
-                    _out(
+                    out(
                         f"{r['name']}  {r['version']}{tag}  {r['strategy']}  acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}"
                     )
         elif args.action == "show":
             meta = registry.get(args.name, args.version or "production").metadata
-            _out(meta.model_dump_json(indent=None if args.json else 2))
+            out(meta.model_dump_json(indent=None if args.json else 2))
         elif args.action == "promote":
             if not args.version:
-                _err("promote needs a version: refit models promote NAME VERSION")
+                err("promote needs a version: refit models promote NAME VERSION")
                 return EXIT_BAD_INPUT
             aliases = registry.promote(args.name, args.version)
-            _out(
+            out(
                 json.dumps(aliases)
                 if args.json
                 else f"{args.name}: production is now {aliases['production']}"
             )
         elif args.action == "rollback":
             aliases = registry.rollback(args.name)
-            _out(
+            out(
                 json.dumps(aliases)
                 if args.json
                 else f"{args.name}: production is now {aliases['production']}"
             )
         elif args.action == "verify":
             return _verify(registry, args)
+        elif args.action == "prune":
+            removed = registry.prune(args.name, keep_last=args.keep)
+            out(
+                json.dumps(removed)
+                if args.json
+                else f"{args.name}: removed {len(removed)} version(s)"
+                + (f": {', '.join(removed)}" if removed else "")
+            )
     except (RegistryError, ValueError) as exc:
         if args.json:
-            _out(json.dumps({"ok": False, "error": str(exc)}))
-        _err(str(exc))
+            out(json.dumps({"ok": False, "error": str(exc)}))
+        err(str(exc))
         return EXIT_BAD_INPUT
     return 0
 
@@ -262,27 +136,27 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     """Jobs from the service's store (`<home>/refit.sqlite`); works with the service down."""
     from service.state import open_store
 
-    settings = _settings(args)
+    settings = settings_for(args)
     if settings.database_url is None and not settings.store_path.is_file():
-        _err(
+        err(
             f"no job store at {settings.store_path}; start the service (make serve),"
             " pass --home or --database-url"
         )
         return EXIT_BAD_INPUT
     store = open_store(settings)
     if args.job_id:
-        job = store.get_job(args.job_id)
+        job = store.jobs.get_job(args.job_id)
         if job is None:
-            _err(f"no job {args.job_id!r}; list them with `refit jobs`")
+            err(f"no job {args.job_id!r}; list them with `refit jobs`")
             return EXIT_BAD_INPUT
         jobs = [job]
     else:
-        jobs = store.list_jobs(limit=args.limit)
+        jobs = store.jobs.list_jobs(limit=args.limit)
     if args.json:
-        _out(json.dumps([j.to_dict() for j in jobs] if not args.job_id else jobs[0].to_dict()))
+        out(json.dumps([j.to_dict() for j in jobs] if not args.job_id else jobs[0].to_dict()))
         return 0
     if not jobs:
-        _out("no jobs yet")
+        out("no jobs yet")
     for job in jobs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
         line = f"{job.id}  {when}  {job.model}  {job.state:<11} {job.phase:<10} {100 * job.fraction:5.1f}%"
@@ -293,7 +167,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             line += f"  {job.error}"
         elif job.message:
             line += f"  {job.message}"
-        _out(line)
+        out(line)
     return 0
 
 
@@ -302,20 +176,20 @@ def cmd_db(args: argparse.Namespace) -> int:
     from service.database import current_revision, head_revision, upgrade
     from service.state import open_store
 
-    store = open_store(_settings(args), migrate=False)
+    store = open_store(settings_for(args), migrate=False)
     if args.action == "current":
         current = current_revision(store.engine)
-        _out(f"{store.name}: revision {current or 'none'} (latest {head_revision()})")
+        out(f"{store.name}: revision {current or 'none'} (latest {head_revision()})")
         return 0 if current == head_revision() else 1
     before, after = upgrade(store.engine)
-    _out(f"{store.name}: {before or 'empty'} -> {after}")
+    out(f"{store.name}: {before or 'empty'} -> {after}")
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from service.worker import main as worker_main
 
-    settings = _settings(args)
+    settings = settings_for(args)
     for key, value in (
         ("REFIT_HOME", str(settings.home)),
         ("REFIT_DATABASE_URL", settings.database_url),
@@ -332,10 +206,10 @@ def cmd_backbone(args: argparse.Namespace) -> int:
     try:
         out = export_fp16(Path(args.out_dir), Path(args.backbone) if args.backbone else None)
     except BackboneError as exc:
-        _err(str(exc))
+        err(str(exc))
         return EXIT_BAD_INPUT
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    _out(f"wrote {out} ({size / 2**20:.1f} MiB)")
+    out(f"wrote {out} ({size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -359,51 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train, evaluate, export and publish a model version")
-    t.add_argument("data", help="CSV (text,label|category), JSONL or JSON list of {text, label}")
-    t.add_argument("--name", default="default", help="model name (default: default)")
-    t.add_argument(
-        "--strategy", default="auto", choices=["auto", "feature_extraction", "fine_tuning"]
-    )
-    t.add_argument(
-        "--test", help="a labeled test file to report accuracy on (never used for training)"
-    )
-    t.add_argument(
-        "--quantize",
-        nargs="?",
-        const="always",
-        default="auto",
-        choices=["auto", "always", "never"],
-        help="int8 graph for CPU serving: auto (default) serves it when validation macro-F1 is"
-        " within 0.3 points of fp32, always (or the bare flag) serves it anyway, never builds none",
-    )
-    t.add_argument("--promote", action="store_true", help="make the new version production")
-    t.add_argument(
-        "--backbone", help="a local Hugging Face model folder (default: packaged all-MiniLM-L6-v2)"
-    )
-    t.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="fine-tuning epochs at most (default: 4, more on small data to reach 300 steps)",
-    )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    t.add_argument(
-        "--progress", action="store_true", help="show the progress bar even when not on a terminal"
-    )
-    t.add_argument("--no-progress", action="store_true", help="never show the progress bar")
-    t.set_defaults(func=cmd_train)
+    add_train_command(sub)
 
-    m = sub.add_parser("models", help="list, show, promote, roll back and verify model versions")
-    m.add_argument("action", choices=["list", "show", "promote", "rollback", "verify"])
+    m = sub.add_parser(
+        "models", help="list, show, promote, roll back, verify and prune model versions"
+    )
+    m.add_argument("action", choices=["list", "show", "promote", "rollback", "verify", "prune"])
     m.add_argument("name", nargs="?", default=None)
     m.add_argument(
         "version",
         nargs="?",
         default=None,
         help="a version id or alias (default: production; verify: every version)",
+    )
+    m.add_argument(
+        "--keep",
+        type=int,
+        default=10,
+        help="prune: newest versions kept (aliased versions are always kept)",
     )
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
@@ -440,22 +287,22 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "models" and args.action != "list" and not args.name:
-        _err(f"`refit models {args.action}` needs a model name")
+        err(f"`refit models {args.action}` needs a model name")
         return EXIT_BAD_INPUT
     from pydantic import ValidationError
 
-    from service.store import StoreUnavailable
+    from service.stores import StoreUnavailable
 
     try:
         return int(args.func(args))
     except ValidationError as exc:
-        _err(f"invalid settings:\n{exc}")
+        err(f"invalid settings:\n{exc}")
         return EXIT_BAD_INPUT
     except StoreUnavailable as exc:
-        _err(str(exc))
+        err(str(exc))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        _err("interrupted; nothing was published")
+        err("interrupted; nothing was published")
         return 130
 
 

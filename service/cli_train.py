@@ -1,0 +1,171 @@
+"""`refit train`: train, evaluate, export and publish a version from a data file, with the
+service's settings (REFIT_*) and, with --promote, through the one promotion gate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from models import RegistryError
+from service.cli_common import EXIT_BAD_INPUT, err, out, registry_for, settings_for
+
+
+def _metrics_dict(m: Any) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "count": m.count}
+
+
+class _ProgressBar:
+    """A tqdm bar over the job's overall fraction, on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=1000,
+                unit="‰",
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {elapsed}<{remaining}",
+            )
+
+    def __call__(self, event) -> None:
+        if self.bar is None:
+            return
+        self.bar.set_description(f"{event.phase} {event.message}"[:60])
+        self.bar.update(int(event.fraction * 1000) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.data import DataError, load_dataset
+    from service.trainer import train_config
+
+    try:
+        config = train_config(
+            settings_for(args),
+            name=args.name,
+            strategy=args.strategy,
+            backbone=Path(args.backbone) if args.backbone else None,
+            quantize=args.quantize,
+            promote="always" if args.force else "auto" if args.promote else "never",
+            seed=args.seed,
+            epochs=args.epochs,
+            device=args.device,
+            threads=None,  # all cores: the command line is not sharing them with a service
+        )
+        dataset = load_dataset(args.data)
+        test = load_dataset(args.test) if args.test else None
+    except (DataError, ValueError) as exc:
+        err(str(exc))
+        return EXIT_BAD_INPUT
+
+    from training.pipeline import train
+
+    registry = registry_for(args)
+    bar = _ProgressBar(enabled=not args.no_progress and sys.stderr.isatty() or args.progress)
+    started = time.perf_counter()
+    try:
+        result = train(dataset, config, registry=registry, test_data=test, progress=bar)
+    except (DataError, RegistryError, ValueError) as exc:
+        bar.close()
+        err(str(exc))
+        return EXIT_BAD_INPUT
+    bar.close()
+    wall = time.perf_counter() - started
+    meta = result.metadata
+    summary = {
+        "name": meta.name,
+        "version": meta.version,
+        "strategy": meta.strategy,
+        "reason": meta.reason,
+        "promoted": result.promoted,
+        "promotion_reason": result.promotion_reason,
+        "metrics": _metrics_dict(meta.metrics),
+        "test_metrics": _metrics_dict(meta.test_metrics),
+        "data": {
+            "count": meta.data.count,
+            "classes": len(meta.labels),
+            "train": meta.data.train_count,
+            "validation": meta.data.validation_count,
+        },
+        "quantized": meta.quantized,
+        "wall_time_s": round(wall, 1),
+        "timings": result.timings,
+        "path": str(registry.model_dir(meta.name) / meta.version),
+    }
+    if args.json:
+        out(json.dumps(summary))
+        return 0
+    out(f"model      {meta.name} {meta.version}{'  (production)' if result.promoted else ''}")
+    out(f"strategy   {meta.strategy}: {meta.reason}")
+    out(
+        f"data       {meta.data.count} examples, {len(meta.labels)} classes ({meta.data.train_count} train / {meta.data.validation_count} validation)"
+    )
+    out(f"validation accuracy {meta.metrics.accuracy:.4f}  macro-F1 {meta.metrics.macro_f1:.4f}")
+    if meta.test_metrics is not None:
+        out(
+            f"test       accuracy {meta.test_metrics.accuracy:.4f}  macro-F1 {meta.test_metrics.macro_f1:.4f} ({meta.test_metrics.count} examples)"
+        )
+    out(f"wall time  {wall:.1f} s")
+    if result.promotion_reason is not None:
+        out(f"promotion  {result.promotion_reason}")
+    if not result.promoted:
+        out(f"promote it with: refit models promote {meta.name} {meta.version}")
+    return 0
+
+
+def add_train_command(sub: Any) -> None:
+    t = sub.add_parser("train", help="train, evaluate, export and publish a model version")
+    t.add_argument("data", help="CSV (text,label|category), JSONL or JSON list of {text, label}")
+    t.add_argument("--name", default="default", help="model name (default: default)")
+    t.add_argument(
+        "--strategy", default="auto", choices=["auto", "feature_extraction", "fine_tuning"]
+    )
+    t.add_argument(
+        "--test", help="a labeled test file to report accuracy on (never used for training)"
+    )
+    t.add_argument(
+        "--quantize",
+        nargs="?",
+        const="always",
+        default="auto",
+        choices=["auto", "always", "never"],
+        help="int8 graph for CPU serving: auto (default) serves it when validation macro-F1 is"
+        " within 0.3 points of fp32, always (or the bare flag) serves it anyway, never builds none",
+    )
+    t.add_argument(
+        "--promote",
+        action="store_true",
+        help="make the new version production if it passes the promotion gate (not worse than"
+        " production on the same held-out examples, within REFIT_PROMOTION_TOLERANCE)",
+    )
+    t.add_argument(
+        "--force", action="store_true", help="with --promote: make it production, skip the gate"
+    )
+    t.add_argument(
+        "--backbone", help="a local Hugging Face model folder (default: packaged all-MiniLM-L6-v2)"
+    )
+    t.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="fine-tuning epochs at most (default: 4, more on small data to reach 300 steps)",
+    )
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    t.add_argument(
+        "--progress", action="store_true", help="show the progress bar even when not on a terminal"
+    )
+    t.add_argument("--no-progress", action="store_true", help="never show the progress bar")
+    t.set_defaults(func=cmd_train)

@@ -1,0 +1,204 @@
+"""The runtime context of one inference worker: everything the routes, the predict path and
+the background loops share, built once from settings and passed explicitly.
+
+Routes reach it with `Depends(current)` (the live BentoML service's `context`); a test can
+build one itself and override `current`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from typing import Annotated, Any
+
+import bentoml
+from fastapi import Depends
+
+from models import RegistryError, RegistryUnavailable
+from service import metrics
+from service.batcher import MicroBatcher
+from service.dataplane import DataPlane
+from service.loading import LoadedModel, ModelHolder, release_memory
+from service.pool import ModelPool
+from service.runner import JobRunner
+from service.schemas import ModelSettings
+from service.settings import Settings
+from service.state import open_state
+from service.stores import StoreUnavailable
+from service.triggers import RetrainPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store, self.registry = open_state(settings)
+        self.embedded = settings.trainer == "embedded"
+        load_kwargs = {
+            "threads": settings.threads,
+            "graph_optimization": settings.graph_optimization,
+            "device": settings.device,
+            "allow_int8": settings.quantize != "never",
+        }
+        batcher_kwargs = {
+            "max_texts": settings.max_batch_texts,
+            "max_latency_ms": settings.max_latency_ms,
+        }
+        self.holder = ModelHolder(self.registry, settings.model_name, **load_kwargs)
+        self.batcher = MicroBatcher(self.holder, **batcher_kwargs, on_batch=self.record_batch)
+        # other named models, loaded on their first request (REFIT_MAX_LOADED_MODELS)
+        self.pool = ModelPool(
+            self.registry,
+            max_loaded=settings.max_loaded_models,
+            load_kwargs=load_kwargs,
+            batcher_kwargs={**batcher_kwargs, "on_batch": self.record_batch},
+            on_change=lambda model, event: metrics.MODEL_LOADS.labels(model, event).inc(),
+        )
+        self.pool.pin(settings.model_name, self.holder, self.batcher)
+        # a challenger that passed the offline gate, scoring a sample of live traffic
+        self.shadow_holder = ModelHolder(
+            self.registry,
+            settings.model_name,
+            **{**load_kwargs, "threads": 1},  # leaves the other cores to production
+            alias="shadow",
+        )
+        self.shadow_batcher = MicroBatcher(self.shadow_holder, **batcher_kwargs)
+        self.shadow_busy = 0  # texts queued or running in the shadow batcher
+        self.shadow_latency: deque[tuple[float, float]] = deque(maxlen=2000)
+        self._served: LoadedModel | None = None
+        self._trim_polls = 0
+        self._background: set[asyncio.Task] = set()
+        # live traffic of the default model, flushed to the store every REFIT_TRIGGER_POLL_S
+        self.traffic: dict[tuple[str, str], list[float]] = {}
+        self.uncertain: list[tuple[str, str, float, str, float]] = []
+        self.served_ids: list[tuple[Any, ...]] = []
+        self.runner = JobRunner(settings, self.store, self.registry)
+        self.dataplane = DataPlane(self)
+        self.swap(force=True)
+
+    # -- what routes ask ------------------------------------------------------------------
+    def is_default(self, name: str) -> bool:
+        return name == self.settings.model_name
+
+    def ready(self) -> bool:
+        return self.holder.model is not None and self.holder.error is None
+
+    def overrides(self, name: str) -> dict[str, Any]:
+        try:
+            return self.store.model_settings.get(name)
+        except StoreUnavailable:
+            return {}
+
+    def settings_for(self, name: str) -> Settings:
+        """REFIT_* settings with `name`'s overrides (PUT /models/{name}/settings) applied."""
+        return self.settings.model_copy(update=self.overrides(name))
+
+    def effective_settings(self, name: str) -> dict[str, Any]:
+        overrides = self.overrides(name)
+        merged = self.settings.model_copy(update=overrides)
+        return {
+            "overrides": overrides,
+            "effective": {key: getattr(merged, key) for key in ModelSettings.model_fields},
+        }
+
+    def policy(self, name: str) -> RetrainPolicy:
+        """The trigger policy of `name`: REFIT_* settings, then the model's overrides."""
+        return retrain_policy(self.settings_for(name))
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        """Run `work` in the background, kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # -- metrics --------------------------------------------------------------------------
+    def record_batch(self, model: LoadedModel, size: int, seconds: float) -> None:
+        latency, sizes = _batch_series(model.name)
+        latency.observe(seconds)
+        sizes.observe(size)
+
+    def versions_to_expose(self) -> dict[str, set[str]]:
+        """Per model, the versions whose metric series stay exposed: aliased or loaded here
+        (every model of the registry, so named models' retired versions drop out too)."""
+        entries = list(self.pool.entries.items())
+        try:
+            names = set(self.registry.list_models())
+        except RegistryUnavailable:
+            names = set()
+        names |= {self.settings.model_name} | {key[0] for key, _ in entries}
+        keep: dict[str, set[str]] = {}
+        for name in names:
+            keep[name] = set(self.registry.aliases(name).values())
+        for (name, _), entry in entries:
+            if entry.holder.model is not None:
+                keep[name].add(entry.holder.model.version)
+        if self.shadow_holder.model is not None:
+            keep[self.settings.model_name].add(self.shadow_holder.model.version)
+        return keep
+
+    # -- hot swap -------------------------------------------------------------------------
+    def swap(self, force: bool = False) -> None:
+        if self._trim_polls:  # a batch in flight during the swap may have freed the old
+            self._trim_polls -= 1  # model only after the trim: trim again on later polls
+            release_memory()
+        try:
+            self.shadow_holder.refresh()
+        except Exception:  # the shadow never gets in production's way
+            log.exception("shadow refresh failed")
+        if not self.holder.refresh() and not force:
+            return
+        model = self.holder.model
+        if model is None:
+            return
+        old = self._served
+        if old is not None and old.version != model.version:
+            metrics.MODEL_INFO.labels(old.name, old.version, old.strategy, old.provider).set(0)
+            metrics.MODEL_MACRO_F1.labels(old.name, old.version).set(0)
+            metrics.MODEL_SWAPS.labels(model.name).inc()
+        metrics.MODEL_INFO.labels(model.name, model.version, model.strategy, model.provider).set(1)
+        metrics.MODEL_MACRO_F1.labels(model.name, model.version).set(model.macro_f1)
+        with contextlib.suppress(RegistryError, LookupError):
+            conf = self.registry.get(model.name, model.version).metadata.metrics.mean_confidence
+            if conf is not None:
+                metrics.VALIDATION_CONFIDENCE.labels(model.name, model.version).set(conf)
+        self._served = model
+        if old is not None and old is not model:
+            del old
+            release_memory()  # the replaced session's weights, back to the OS
+            self._trim_polls = 3
+
+
+def retrain_policy(settings: Settings) -> RetrainPolicy:
+    return RetrainPolicy(
+        min_pending=settings.retrain_min_pending,
+        interval_s=settings.retrain_interval_s,
+        drift_threshold=settings.drift_threshold,
+        backoff_s=settings.retrain_backoff_s,
+    )
+
+
+@functools.cache
+def _batch_series(name: str) -> tuple[Any, Any]:
+    return metrics.INFERENCE_LATENCY.labels(name), metrics.BATCH_SIZE.labels(name)
+
+
+def current() -> Context:
+    """The context of the service instance this worker runs (a FastAPI dependency)."""
+    return bentoml.get_current_service().context
+
+
+def current_or_none() -> Context | None:
+    """As `current`, or None before this worker's service instance exists."""
+    try:
+        return current()
+    except Exception:  # BentoMLException: not instantiated yet
+        return None
+
+
+Ctx = Annotated[Context, Depends(current)]  # a route's parameter: `ctx: Ctx`

@@ -1,0 +1,238 @@
+"""The one inference path, protocol-independent: `/predict` (BentoML's api and the fast
+path) and V2 `infer` both check texts, infer and count here; each only shapes its answer.
+Shadow scoring rides along on the default model's requests.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models import InvalidModelNameError, RegistryUnavailable, validate_model_name
+from models.text import FIXES, invalid_character
+from service import metrics
+from service.errors import ApiError, BadRequest, NotFound, TooLarge, Unavailable, retry_later
+from service.loading import LoadedModel
+from service.pool import ModelLoadError, UnknownModel
+from service.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from service.context import Context
+
+log = logging.getLogger(__name__)
+
+
+class DataPlane:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self._counters: dict[tuple[str, str], Any] = {}
+
+    async def classify(
+        self, texts: list[str], top_k: int, model: str | None = None, version: str | None = None
+    ) -> JSONResponse:
+        """`/predict` after its body parsed: reached through BentoML's api, or straight from
+        `PredictFastPath` for well-formed bodies (the same code either way)."""
+        entered = time.perf_counter()
+        name = model or self.settings.model_name
+        try:
+            if not self.ctx.is_default(name):
+                check_name(name)
+            self.check(texts, top_k)
+            served, probs, default, seconds = await self.infer(texts, name, version)
+        except ApiError as refused:
+            return refused.response()
+        return self._answer(texts, top_k, served, probs, seconds, entered, default=default)
+
+    def check(self, texts: list[str], top_k: int) -> None:
+        """The request's texts and top_k within the limits, or an ApiError saying what is not."""
+        limits = self.settings
+        if not texts:
+            raise BadRequest("texts must not be empty", fix='send {"texts": ["some text"]}')
+        if len(texts) > limits.max_texts_per_request:
+            raise TooLarge(
+                f"{len(texts)} texts in one request, the limit is {limits.max_texts_per_request}",
+                fix="split the request or raise REFIT_MAX_TEXTS_PER_REQUEST",
+            )
+        for i, text in enumerate(texts):
+            if len(text) > limits.max_text_chars:
+                raise TooLarge(
+                    f"texts[{i}] has {len(text)} characters, the limit is {limits.max_text_chars}",
+                    fix="trim it or raise REFIT_MAX_TEXT_CHARS",
+                )
+            if not text.strip():
+                raise BadRequest(f"texts[{i}] is empty", fix="send non-blank texts")
+            if (bad := invalid_character(text)) is not None:
+                kind, where = bad
+                raise BadRequest(f"texts[{i}] contains {kind} {where}", fix=FIXES[kind])
+        if not 1 <= top_k <= limits.max_top_k:
+            raise BadRequest(f"top_k must be between 1 and {limits.max_top_k}, got {top_k}")
+
+    async def infer(
+        self, texts: list[str], name: str, version: str | None
+    ) -> tuple[LoadedModel, np.ndarray, bool, float]:
+        """Probabilities from the model serving `name` (its production, or `version`): the
+        default model's own holder and batcher, any other from the pool (loaded on demand).
+        Returns (model, probabilities, whether it is the default model, seconds)."""
+        ctx = self.ctx
+        if ctx.is_default(name) and version is None:
+            # No registry check here: the watcher swaps models off the event loop (loading
+            # and hashing a version takes ~0.3 s that would stall every request of this worker).
+            if ctx.holder.model is None:
+                raise Unavailable(
+                    ctx.holder.error or "no model loaded yet",
+                    fix="train one: POST /retrain/submit",
+                )
+            started = time.perf_counter()
+            served, probs = await ctx.batcher.submit(texts)
+            return served, probs, True, time.perf_counter() - started
+        try:
+            entry = await ctx.pool.acquire(name, version)
+        except UnknownModel as exc:
+            raise NotFound(
+                str(exc), fix="list models with GET /models; train one: POST /retrain/submit"
+            ) from None
+        except (ModelLoadError, RegistryUnavailable) as exc:
+            raise retry_later(str(exc), fix="retry later") from None
+        try:
+            started = time.perf_counter()
+            served, probs = await entry.batcher.submit(texts)
+        finally:
+            ctx.pool.release(entry)
+        return served, probs, False, time.perf_counter() - started
+
+    def counter(self, model: LoadedModel, label: str) -> Any:
+        """`refit_predictions_total` for this version and label (a cached child: labels()
+        costs a lock and a dict lookup per text otherwise)."""
+        key = (model.version, label)
+        child = self._counters.get(key)
+        if child is None:
+            if len(self._counters) > 10_000:
+                self._counters.clear()
+            child = self._counters[key] = metrics.PREDICTIONS.labels(model.name, *key)
+        return child
+
+    def _answer(
+        self,
+        texts: list[str],
+        top_k: int,
+        model: LoadedModel,
+        probs: np.ndarray,
+        seconds: float,
+        entered: float,
+        *,
+        default: bool,
+    ) -> JSONResponse:
+        """The JSON answer, counters, and (the default model) drift and shadow bookkeeping."""
+        ctx = self.ctx
+        k = min(top_k, len(model.labels))
+        top = np.argsort(-probs, axis=1)[:, :k]
+        predictions = []
+        now = time.time()
+        request_id = os.urandom(8).hex()
+        keep_ids = self.settings.prediction_window > 0 and len(ctx.served_ids) < 50_000
+        shadowed = default and self._shadow_sample(len(texts))
+        served_rows = ctx.served_ids if not shadowed else []
+        for i, (text, row, order) in enumerate(zip(texts, probs, top, strict=True)):
+            best = model.labels[int(order[0])]
+            score = float(row[order[0]])
+            prediction_id = f"{request_id}.{i}"
+            if keep_ids or shadowed:
+                served_rows.append(
+                    (prediction_id, model.name, model.version, best, round(score, 6), now)
+                )
+            self.counter(model, best).inc()
+            if default:  # drift and uncertain inputs are tracked for the default model
+                seen = ctx.traffic.setdefault((model.version, best), [0, 0.0])
+                seen[0] += 1
+                seen[1] += score
+            if default and score < self.settings.uncertain_below and len(ctx.uncertain) < 1000:
+                ctx.uncertain.append((model.version, best, round(score, 6), text, now))
+            predictions.append(
+                {
+                    "id": prediction_id,
+                    "label": best,
+                    "score": round(float(row[order[0]]), 6),
+                    "top": [
+                        {"label": model.labels[int(j)], "score": round(float(row[j]), 6)}
+                        for j in order
+                    ],
+                }
+            )
+        if shadowed:
+            ctx.spawn(self._shadow_score(texts, served_rows, seconds, keep_ids))
+        if self.settings.log_texts:
+            log.info("predict %r -> %s", texts, [p["label"] for p in predictions])
+        _request_series(model.name, model.version).observe(time.perf_counter() - entered)
+        return JSONResponse(
+            {"model": model.name, "version": model.version, "predictions": predictions},
+            headers={
+                "X-Model-Version": model.version,
+                "X-Refit-Worker": str(os.getpid()),
+                "X-Request-Id": request_id,
+            },
+        )
+
+    # -- shadow scoring -------------------------------------------------------------------
+    def _shadow_sample(self, n: int) -> bool:
+        """Whether the shadow also scores this request: a loaded shadow, the sampled share,
+        and room in its queue (a busy shadow skips rather than slow production down)."""
+        ctx = self.ctx
+        if ctx.shadow_holder.model is None or random.random() >= self.settings.shadow_fraction:
+            return False
+        if ctx.shadow_busy + n > self.settings.max_batch_texts:
+            metrics.SHADOW_SKIPPED.labels(self.settings.model_name).inc()
+            return False
+        ctx.shadow_busy += n
+        return True
+
+    async def _shadow_score(
+        self, texts: list[str], rows: list[tuple[Any, ...]], production_s: float, keep: bool
+    ) -> None:
+        """Score a request production already answered; record the shadow's labels beside
+        production's (what feedback is later compared with)."""
+        ctx = self.ctx
+        started = time.perf_counter()
+        try:
+            shadow, probs = await ctx.shadow_batcher.submit(texts)
+        except Exception as exc:  # unloaded meanwhile, or failed: production is unaffected
+            log.debug("shadow scoring skipped: %s", exc)
+            shadow = None
+        finally:
+            ctx.shadow_busy -= len(texts)
+        if shadow is None:
+            if keep:
+                ctx.served_ids.extend(rows)
+            return
+        seconds = time.perf_counter() - started
+        best = probs.argmax(axis=1)
+        scored = [
+            (*row, shadow.version, shadow.labels[int(j)], round(float(p[j]), 6))
+            for row, j, p in zip(rows, best, probs, strict=True)
+        ]
+        if keep:
+            ctx.served_ids.extend(scored)
+        agreed = sum(row[3] == row[7] for row in scored)
+        metrics.SHADOW_SCORED.labels(shadow.name, shadow.version).inc(len(scored))
+        metrics.SHADOW_AGREED.labels(shadow.name, shadow.version).inc(agreed)
+        metrics.SHADOW_LATENCY.labels(shadow.name, "production").observe(production_s)
+        metrics.SHADOW_LATENCY.labels(shadow.name, "shadow").observe(seconds)
+        ctx.shadow_latency.append((production_s, seconds))
+
+
+def check_name(name: str) -> None:
+    try:
+        validate_model_name(name)
+    except InvalidModelNameError as exc:
+        raise BadRequest(f"invalid model name: {exc}") from None
+
+
+@functools.cache
+def _request_series(name: str, version: str) -> Any:
+    return metrics.REQUEST_LATENCY.labels(name, version)

@@ -1,0 +1,184 @@
+"""Labeled examples coming in over HTTP (`/retrain/submit` and `/feedback`): one set of
+checks, answered with a 4xx that names every problem before anything is stored; a retrain
+request becomes its examples and a queued job in one transaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from models.data import DataError, Dataset, build_dataset, check_class_counts, parse_bytes
+from service.errors import ApiError, BadRequest, TooLarge, format_errors
+from service.schemas import RetrainOptions, RetrainRequest
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PREDICT_FIELDS = {"texts", "top_k", "model"}
+UPLOAD_TYPES = {
+    "text/csv": "csv",
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/json": "json",
+}
+
+
+class UnsupportedType(ApiError):
+    status = 415
+
+
+def accept_retrain(
+    body: bytes, content_type: str, query: dict[str, str], settings: Settings, store: Any
+) -> Any:
+    """`POST /retrain/submit`: the examples validated against what the model already has,
+    then stored with a queued job (returned); ApiError before anything is stored."""
+    examples, options = _parse_retrain(body, content_type, query)
+    allowed = ["minilm", *sorted(settings.backbones)]
+    if options.backbone is not None and options.backbone not in allowed:
+        raise BadRequest(
+            f"unknown backbone {options.backbone!r}; allowed: {', '.join(allowed)}",
+            fix="name one of them, or add it to REFIT_BACKBONES"
+            ' ({"NAME": "/local/hf/folder"}) and restart',
+        )
+    check_count(len(examples), settings, split="upload")
+    dataset = validate(examples)
+    model = options.model or settings.model_name
+    labeled = dict(store.examples.dataset(model) if options.mode == "append" else [])
+    labeled.update(zip(dataset.texts, dataset.labels, strict=True))
+    combined: dict[str, int] = {}
+    for label in labeled.values():
+        combined[label] = combined.get(label, 0) + 1
+    check_labels(set(combined), settings, trainable=True)
+    check_trainable(combined)
+    job = store.jobs.create_job(
+        model,
+        options.model_dump(exclude={"model"}),
+        list(zip(dataset.texts, dataset.labels, strict=True)),
+        mode=options.mode,
+        source="http",
+        owner_pid=os.getpid() if settings.trainer == "embedded" else None,
+    )
+    log.info("job %s queued: %d examples, mode %s", job.id, len(dataset), options.mode)
+    return job
+
+
+def _parse_retrain(
+    body: bytes, content_type: str, query: dict[str, str]
+) -> tuple[list[tuple[Any, Any]], RetrainOptions]:
+    if content_type == "application/json" and not query:
+        try:
+            request = RetrainRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise BadRequest(f"invalid retrain request: {_errors(exc)}") from None
+        examples = [(e.text, e.label) for e in request.examples]
+        return examples, RetrainOptions(**request.model_dump(exclude={"examples"}))
+    fmt = UPLOAD_TYPES.get(content_type)
+    if fmt is None:
+        raise UnsupportedType(
+            f"unsupported content type {content_type!r}",
+            fix="send JSON {examples: [...]} or upload text/csv or application/x-ndjson with options as query parameters",
+        )
+    try:
+        options = RetrainOptions.model_validate(query)
+    except ValidationError as exc:
+        raise BadRequest(f"invalid query parameters: {_errors(exc)}") from None
+    try:
+        dataset = parse_bytes(body, fmt, "upload", check_classes=False, extra_columns=False)
+    except DataError as exc:
+        raise invalid(exc) from None
+    return list(zip(dataset.texts, dataset.labels, strict=True)), options
+
+
+def _errors(exc: ValidationError) -> str:
+    return format_errors(exc.errors(include_input=False))
+
+
+def check_count(n: int, settings: Settings, *, split: str) -> None:
+    limit = settings.max_examples_per_request
+    if n > limit:
+        raise TooLarge(
+            f"{n} examples in one request, the limit is {limit}",
+            fix=f"split the {split} or raise REFIT_MAX_EXAMPLES_PER_REQUEST",
+        )
+
+
+def validate(pairs: Sequence[tuple[Any, Any]]) -> Dataset:
+    """The request's examples validated, normalised and de-duplicated (a text sent with two
+    labels is refused: the caller must say which one it means)."""
+    try:
+        dataset = build_dataset(
+            ((f"examples[{i}]", t, y) for i, (t, y) in enumerate(pairs)), check_classes=False
+        )
+        if dataset.conflicts:
+            shown = ", ".join(repr(t[:60]) for t in dataset.conflicts[:5])
+            raise DataError(
+                [
+                    f"{len(dataset.conflicts)} text(s) appear with different labels in this request ({shown}); keep one label per text"
+                ]
+            )
+    except DataError as exc:
+        raise invalid(exc) from None
+    return dataset
+
+
+def check_labels(labels: set[str], settings: Settings, *, trainable: bool) -> None:
+    """The model's labels after this request within REFIT_MAX_CLASSES; with `trainable`, also
+    enough of each to train on (a retrain request, not feedback that waits for more)."""
+    try:
+        if len(labels) > settings.max_classes:
+            hint = (
+                "; check that the label column holds class names, or raise REFIT_MAX_CLASSES"
+                if trainable
+                else ""
+            )
+            raise DataError(
+                [f"{len(labels)} distinct labels, the limit is {settings.max_classes}{hint}"]
+            )
+    except DataError as exc:
+        raise invalid(exc) from None
+
+
+def check_trainable(counts: dict[str, int]) -> None:
+    try:
+        check_class_counts(counts)
+    except DataError as exc:
+        raise invalid(exc) from None
+
+
+def invalid(exc: DataError) -> BadRequest:
+    return BadRequest(f"invalid examples: {exc}", problems=exc.problems[:20])
+
+
+def precheck(path: str, body: bytes, content_type: str | None) -> tuple[int, dict[str, str]] | None:
+    """What BentoML's own input handling gets wrong or lets through: non-JSON bodies and
+    unknown fields in /predict (a 500 or silently ignored), and the synchronous
+    `POST /retrain` (retraining only runs as a queued job)."""
+    if path == "/retrain":
+        return 400, {
+            "error": "POST /retrain is not available: retraining runs as a background job",
+            "fix": "POST the examples to /retrain/submit and poll GET /jobs/{job_id}",
+        }
+    if path == "/predict":
+        kind = (content_type or "application/json").split(";")[0].strip().lower()
+        if kind != "application/json":
+            return 415, {
+                "error": f"unsupported content type {kind!r} for /predict",
+                "fix": 'send application/json: {"texts": [...]}',
+            }
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            return None  # BentoML reports the JSON error
+        if isinstance(payload, dict):
+            unknown = sorted(set(payload) - PREDICT_FIELDS)
+            if unknown:
+                return 400, {
+                    "error": f"unknown field(s) in /predict: {', '.join(map(repr, unknown[:5]))}",
+                    "fix": 'send only {"texts": [...], "top_k": N, "model": "name"}',
+                }
+    return None

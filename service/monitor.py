@@ -1,0 +1,185 @@
+"""The background loops of an inference worker: follow the registry (hot swap, pool
+refresh), and every REFIT_TRIGGER_POLL_S flush live traffic to the store, judge the shadow,
+update fleet gauges and drift, and start retrain jobs when a trigger fires."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+from models import RegistryError
+from service import metrics
+from service.context import Context
+from service.drift import drift_report
+from service.runner import JobRunner
+from service.stores import StoreUnavailable
+from service.stores.schema import ACTIVE_STATES, FAILED, INTERRUPTED
+
+log = logging.getLogger(__name__)
+
+
+class Monitor:
+    def __init__(self, ctx: Context, runner: JobRunner) -> None:
+        self.ctx = ctx
+        self.runner = runner
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        """Start both loops on the running event loop (a BentoML startup hook calls this)."""
+        running = asyncio.get_running_loop()
+        self._tasks = [running.create_task(self._watch()), running.create_task(self._poll())]
+
+    async def _watch(self) -> None:
+        ctx = self.ctx
+        while True:
+            await asyncio.sleep(ctx.settings.swap_poll_s)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(ctx.swap)
+            with contextlib.suppress(Exception):
+                ctx.pool.drop(await asyncio.to_thread(ctx.pool.refresh))
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.ctx.settings.trigger_poll_s)
+            try:
+                await self.flush_and_trigger()
+            except Exception:  # never let the loop die; the next poll tries again
+                log.exception("trigger check failed")
+
+    async def flush_and_trigger(self) -> None:
+        ctx = self.ctx
+        traffic, ctx.traffic = ctx.traffic, {}
+        uncertain, ctx.uncertain = ctx.uncertain, []
+        served, ctx.served_ids = ctx.served_ids, []
+        name = ctx.settings.model_name
+        if traffic:
+            counts = {k: (int(v[0]), v[1]) for k, v in traffic.items()}
+            try:
+                await asyncio.to_thread(ctx.store.telemetry.add_traffic, name, counts)
+            except StoreUnavailable:  # kept for the next flush: drift counts are not lost
+                for key, (n, c) in counts.items():
+                    seen = ctx.traffic.setdefault(key, [0, 0.0])
+                    seen[0] += n
+                    seen[1] += c
+                ctx.uncertain = (uncertain + ctx.uncertain)[:1000]
+                raise
+        if uncertain:
+            await asyncio.to_thread(
+                ctx.store.telemetry.add_uncertain,
+                name,
+                uncertain,
+                keep_text=ctx.settings.store_uncertain_texts,
+            )
+        if served:  # best effort: a lost flush loses links to feedback, never predictions
+            try:
+                await asyncio.to_thread(
+                    ctx.store.telemetry.add_predictions, served, keep=ctx.settings.prediction_window
+                )
+                live = await asyncio.to_thread(ctx.store.telemetry.live_accuracy, name)
+            except StoreUnavailable:
+                live = {}
+            for version, row in live.items():
+                metrics.LIVE_ACCURACY.labels(name, version).set(row["accuracy"])
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.to_thread(self.judge_shadow)
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.to_thread(self.fleet_metrics)
+        report = await asyncio.to_thread(drift, ctx)
+        if report is not None and report["label_js_divergence"] is not None:
+            metrics.DRIFT_JS.labels(name, report["version"]).set(report["label_js_divergence"])
+        if report is not None and report["live_mean_confidence"] is not None:
+            metrics.LIVE_CONFIDENCE.labels(name, report["version"]).set(
+                report["live_mean_confidence"]
+            )
+        if not ctx.settings.auto_retrain:
+            return
+        job = await asyncio.to_thread(
+            ctx.store.triggers.maybe_trigger,
+            name,
+            ctx.policy(name),
+            drift=report["label_js_divergence"] if report else None,
+            owner_pid=os.getpid(),
+        )
+        if job is None:
+            return
+        metrics.AUTO_RETRAINS.labels(name, job.request["trigger"]).inc()
+        log.info("job %s started by a trigger: %s", job.id, job.request["cause"])
+        if ctx.embedded:  # else a `refit worker` claims it
+            ctx.spawn(self.runner.run(job.id))
+
+    def judge_shadow(self) -> dict[str, Any] | None:
+        """Promote the shadow once it is not worse than production on enough linked
+        feedback (`REFIT_SHADOW_MIN_LABELED`), or drop it. Every worker of every replica
+        may judge; the alias compare-and-set lets exactly one decision through."""
+        ctx = self.ctx
+        name = ctx.settings.model_name
+        aliases = ctx.registry.aliases(name)
+        production, shadow = aliases.get("production"), aliases.get("shadow")
+        if not production or not shadow:
+            return None
+        report = ctx.store.telemetry.shadow_report(name, production, shadow)
+        if report["labeled"] < ctx.settings.shadow_min_labeled:
+            return None
+        tolerance = ctx.settings_for(name).promotion_tolerance
+        better = report["shadow_accuracy"] >= report["production_accuracy"] - tolerance
+        if ctx.registry.end_shadow(name, shadow, promote=better) is None:
+            return None  # decided elsewhere first
+        decision = {
+            "version": shadow,
+            "against": production,
+            "outcome": "promoted" if better else "dropped",
+            "reason": f"live accuracy {report['shadow_accuracy']:.4f} vs production"
+            f" {report['production_accuracy']:.4f} on the same {report['labeled']} labeled"
+            f" predictions (tolerance {tolerance:g})",
+            "report": report,
+            "at": time.time(),
+        }
+        ctx.store.telemetry.record_shadow_decision(name, decision)
+        metrics.SHADOW_DECISIONS.labels(name, decision["outcome"]).inc()
+        log.info("shadow %s/%s %s: %s", name, shadow, decision["outcome"], decision["reason"])
+        return decision
+
+    def fleet_metrics(self) -> None:
+        """Workers' heartbeats and the job history as gauges (see metrics.WORKER_HEARTBEAT_AGE)."""
+        ctx = self.ctx
+        name, now = ctx.settings.model_name, time.time()
+        for worker in ctx.store.workers.list():
+            age = now - float(worker["heartbeat_at"])
+            if worker["state"] != "stopped" and age < 86_400:
+                metrics.WORKER_HEARTBEAT_AGE.labels(worker["id"]).set(round(age, 1))
+        jobs = ctx.store.jobs.list_jobs(name, limit=50)
+        for state in ACTIVE_STATES:
+            metrics.JOBS.labels(name, state).set(sum(j.state == state for j in jobs))
+        finished = sorted(
+            (j for j in jobs if j.finished_at is not None), key=lambda j: -float(j.finished_at)
+        )
+        streak = 0
+        for job in finished:
+            if job.state not in (FAILED, INTERRUPTED):
+                break
+            streak += 1
+        metrics.RETRAIN_FAILURES_IN_A_ROW.labels(name).set(streak)
+        if finished and finished[0].started_at is not None:
+            last = finished[0]
+            metrics.RETRAIN_LAST_DURATION.labels(name, last.state).set(
+                round(float(last.finished_at) - float(last.started_at), 1)
+            )
+
+
+def drift(ctx: Context) -> dict[str, Any] | None:
+    """The drift report of the default model's served version (None before one is loaded)."""
+    model = ctx.holder.model
+    if model is None:
+        return None
+    try:
+        meta = ctx.registry.get(model.name, model.version).metadata
+    except (RegistryError, LookupError):
+        return None
+    counts, confidence = ctx.store.telemetry.traffic(model.name, model.version)
+    return drift_report(
+        meta, counts, confidence, min_predictions=ctx.settings.drift_min_predictions
+    )

@@ -1,0 +1,1 @@
+"""One router per route family; `service.api.create_app` mounts them all."""

@@ -1,0 +1,50 @@
+"""`/feedback`: labeled examples from users, and the inputs worth labeling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service import intake, metrics
+from service.auth import private
+from service.context import Ctx
+from service.schemas import FeedbackRequest, error_responses
+
+router = APIRouter()
+
+
+@router.post("/feedback", responses=error_responses(400, 401, 413, 503))
+def feedback(ctx: Ctx, body: FeedbackRequest) -> Any:
+    """Labeled examples from users (auth required), validated like retrain data and stored
+    as pending; a trigger retrains on them (see `retrain_policy` in `GET /models`)."""
+    name = body.model or ctx.settings.model_name
+    intake.check_count(len(body.examples), ctx.settings, split="request")
+    dataset = intake.validate([(e.text, e.label) for e in body.examples])
+    known = {label for _, label in ctx.store.examples.dataset(name)}
+    intake.check_labels(known | set(dataset.labels), ctx.settings, trainable=False)
+    ids = {e.text: e.prediction_id for e in body.examples}
+    rows = [(t, y, ids.get(t)) for t, y in zip(dataset.texts, dataset.labels, strict=True)]
+    _, pending = ctx.store.examples.add_feedback(name, rows)
+    metrics.FEEDBACK_EXAMPLES.labels(name).inc(len(rows))
+    metrics.FEEDBACK_PENDING.labels(name).set(pending)
+    return {
+        "accepted": len(rows),
+        "duplicates_dropped": dataset.duplicates_dropped,
+        "new_labels": sorted(set(dataset.labels) - known),
+        "pending": pending,
+        "retrain_at_pending": ctx.policy(name).min_pending or None,
+    }
+
+
+@router.get("/feedback/uncertain", responses=error_responses(401))
+@private
+def uncertain(ctx: Ctx, limit: int = 50) -> dict[str, Any]:
+    """The newest low-confidence inputs, for labeling (auth required). The text is kept
+    only with REFIT_STORE_UNCERTAIN_TEXTS=true; otherwise its sha256."""
+    limit = max(1, min(limit, 1000))
+    return {
+        "threshold": ctx.settings.uncertain_below,
+        "texts_stored": ctx.settings.store_uncertain_texts,
+        "inputs": ctx.store.telemetry.uncertain(ctx.settings.model_name, limit),
+    }

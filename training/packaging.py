@@ -1,0 +1,148 @@
+"""From trained weights to a published version: export to ONNX in a private staging folder
+(parity-checked against torch), evaluate what will be served, decide on the int8 graph,
+describe it all in `metadata.json`, publish atomically. Nothing is published unless every
+step succeeded; the staging folder is removed on any failure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import BackboneInfo, DataSummary, Metrics, ModelMetadata, Registry
+from models.data import Dataset
+from training.policy import Decision
+from training.strategies import Workbench
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What the strategies produced: the weights are the workbench's model."""
+
+    strategy: str
+    reason: str
+    decision: Decision
+    details: dict[str, Any]
+    timings: dict[str, float]
+
+
+def package(
+    bench: Workbench,
+    trained: Trained,
+    *,
+    dataset: Dataset,
+    test: Dataset | None,
+    registry: Registry,
+    started: float,
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> ModelMetadata:
+    from training.evaluate import OnnxRunner, compute_metrics
+    from training.export import INT8_FILE, choose_int8, export_onnx
+
+    config, report, labels = bench.config, bench.report, bench.labels
+    label_id = {label: i for i, label in enumerate(labels)}
+    timings = trained.timings
+    staging = registry.stage(config.name)
+    try:
+        t0 = time.perf_counter()
+        report("exporting", 0.0, "exporting to ONNX")
+        exported = export_onnx(
+            bench.model,
+            bench.backbone.tokenizer,
+            staging.path,
+            parity_texts=bench.val_set.texts,
+            max_length=config.max_length,
+            opset=config.opset,
+            tolerance=config.parity_tolerance,
+            quantize=config.quantize != "never",
+        )
+        timings["export_s"] = round(time.perf_counter() - t0, 2)
+        report("exporting", 1.0, "parity checked")
+
+        t0 = time.perf_counter()
+        report("evaluating", 0.0, "scoring the held-out split")
+        runner = OnnxRunner(staging.path / "model.onnx", staging.path / "tokenizer.json")
+
+        def score(ds: Dataset, graph: Any = None) -> Metrics:
+            probs = (graph or runner).predict_proba(list(ds.texts))
+            predicted = probs.argmax(1)
+            metrics = compute_metrics([label_id[x] for x in ds.labels], predicted, labels)
+            return metrics.model_copy(
+                update={
+                    "mean_confidence": round(float(probs.max(1).mean()), 6),
+                    "predicted_counts": {
+                        labels[i]: int(n)
+                        for i, n in enumerate(np.bincount(predicted, minlength=len(labels)))
+                    },
+                }
+            )
+
+        def score_graph(path: Path, ds: Dataset) -> Metrics:
+            return score(ds, OnnxRunner(path, staging.path / "tokenizer.json"))
+
+        metrics = score(bench.val_set)
+        quantization = exported.quantization
+        if quantization is not None:
+            quantization = choose_int8(
+                quantization,
+                policy=config.quantize,
+                fp32=metrics,
+                int8=score_graph(staging.path / INT8_FILE, bench.val_set),
+                staging=staging.path,
+            )
+        report(
+            "evaluating",
+            0.5 if test is not None else 1.0,
+            f"validation accuracy {metrics.accuracy:.4f}",
+        )
+        test_metrics = score(test) if test is not None else None
+        timings["evaluation_s"] = round(time.perf_counter() - t0, 2)
+
+        report("publishing", 0.0, "publishing")
+        try:
+            parent = registry.resolve(config.name, "production")
+        except LookupError:
+            parent = None
+        timings["total_s"] = round(time.perf_counter() - started, 2)
+        metadata = ModelMetadata(
+            name=config.name,
+            version=staging.version,
+            created_at=datetime.now(UTC),
+            labels=labels,
+            backbone=BackboneInfo(name=bench.backbone.name, sha256=bench.backbone.sha256),
+            strategy=trained.strategy,
+            reason=trained.reason,
+            policy_inputs={"plan": trained.decision.plan, **trained.decision.inputs},
+            training_config={
+                **config.to_dict(),
+                "details": trained.details,
+                "timings": timings,
+                **(extra_metadata or {}),
+            },
+            data=DataSummary(
+                count=len(dataset),
+                per_class=dataset.counts(),
+                sha256=dataset.sha256(),
+                train_count=len(bench.train_set),
+                validation_count=len(bench.val_set),
+                duplicates_dropped=dataset.duplicates_dropped,
+                conflicts=len(dataset.conflicts),
+            ),
+            metrics=metrics,
+            test_metrics=test_metrics,
+            max_length=config.max_length,
+            onnx=exported.info,
+            quantized=quantization is not None and quantization.served_on_cpu,
+            quantization=quantization,
+            parent_version=parent,
+        )
+        report("publishing", 0.5, "writing the version")
+        return registry.publish(staging, metadata).metadata
+    except BaseException:
+        registry.discard(staging)
+        raise

@@ -1,0 +1,99 @@
+"""Promotion: the one place where a freshly trained version becomes production, stays a
+candidate, or goes to shadow. The service's trainer, `refit worker` (through it), `refit
+train --promote` and the first start all come here.
+
+The gate: a challenger is promoted when its validation macro-F1 is not below the
+champion's (production's, scored on the *same* held-out examples) minus a tolerance;
+`always` skips the comparison (`refit train --force`), `never` keeps a candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from models import Metrics, ModelMetadata, Registry, RegistryError
+from models.data import Dataset
+
+Mode = Literal["auto", "always", "never", "shadow"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    promoted: bool
+    shadow: bool
+    reason: str
+    champion_version: str | None
+    champion: Metrics | None
+
+
+def champion_metrics(
+    registry: Registry, name: str, texts: list[str], labels: list[str]
+) -> tuple[str, Metrics] | None:
+    """The production model's metrics on the challenger's held-out examples.
+
+    Labels the champion does not know count as errors, so a challenger that learned a new
+    class is not penalised for it.
+    """
+    from training.evaluate import OnnxRunner, compute_metrics
+
+    try:
+        mv = registry.verify(name, "production")
+    except (RegistryError, LookupError):
+        return None
+    runner = OnnxRunner(mv.onnx_path, mv.path / "tokenizer.json")
+    predicted = [mv.metadata.labels[i] for i in runner.predict_proba(texts).argmax(axis=1)]
+    vocab = sorted(set(labels) | set(predicted))
+    index = {label: i for i, label in enumerate(vocab)}
+    metrics = compute_metrics(
+        [index[x] for x in labels], [index[x] for x in predicted], vocab, with_confusion=False
+    )
+    return mv.version, metrics
+
+
+def gate(
+    promote: str, challenger: Metrics, champion: Metrics | None, tolerance: float
+) -> tuple[bool, str]:
+    if promote == "never":
+        return False, "promote=never: kept as a candidate"
+    if promote == "always":
+        return True, "promote=always"
+    if champion is None:
+        return True, "no production model yet"
+    if challenger.macro_f1 >= champion.macro_f1 - tolerance:
+        return True, (
+            f"challenger macro-F1 {challenger.macro_f1:.4f} >= champion {champion.macro_f1:.4f}"
+            f" - tolerance {tolerance:g} on the same {challenger.count} held-out examples"
+        )
+    return False, (
+        f"challenger macro-F1 {challenger.macro_f1:.4f} < champion {champion.macro_f1:.4f}"
+        f" - tolerance {tolerance:g} on the same {challenger.count} held-out examples: kept as a candidate"
+    )
+
+
+def promote_candidate(
+    registry: Registry,
+    candidate: ModelMetadata,
+    validation: Dataset,
+    *,
+    mode: Mode = "auto",
+    tolerance: float = 0.0,
+    via_shadow: bool = False,
+    shadow_note: str = "",
+) -> Outcome:
+    """Score production on the candidate's validation examples, apply the gate, and move the
+    aliases: production (promoted), shadow (`mode="shadow"`, or `via_shadow` with `auto`,
+    when a production model exists), or nothing (a candidate)."""
+    name = candidate.name
+    found = champion_metrics(registry, name, list(validation.texts), list(validation.labels))
+    champion_version, champion = found if found else (None, None)
+    shadow = champion is not None and (mode == "shadow" or (mode == "auto" and via_shadow))
+    promoted, why = gate(
+        "auto" if mode == "shadow" else mode, candidate.metrics, champion, tolerance
+    )
+    if promoted and shadow:
+        registry.shadow(name, candidate.version)
+        return Outcome(False, True, why + shadow_note, champion_version, champion)
+    if promoted:
+        registry.promote(name, candidate.version)
+    return Outcome(promoted, False, why, champion_version, champion)
