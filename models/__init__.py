@@ -13,6 +13,7 @@ from models._faults import failpoint
 from models._metadata import (
     SCHEMA_VERSION,
     BackboneInfo,
+    Calibration,
     ClassMetrics,
     DataSummary,
     Metrics,
@@ -39,6 +40,7 @@ __all__ = [
     "RegistryUnavailable",
     "SCHEMA_VERSION",
     "BackboneInfo",
+    "Calibration",
     "ClassMetrics",
     "CorruptVersionError",
     "DataSummary",

@@ -1,4 +1,4 @@
-"""Tokens in, probabilities out: the one inference loop the service, the evaluation and the
+"""Tokens in, (calibrated) probabilities out: the one inference loop the service, the evaluation and the
 benchmarks share. Duck-typed on an onnxruntime session and a `tokenizers.Tokenizer` (no
 import of either here: `models` stays free of runtimes).
 
@@ -28,25 +28,54 @@ def unpadded(tokenizer: Any) -> int:
 
 
 def predict_proba(
+    session: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    pad_id: int,
+    bucket: int = BUCKET,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """Probabilities, calibrated by the version's `temperature` (softmax(logits / T); the
+    graph's own softmax output when T is 1): applied here, once, for every consumer."""
+    if temperature == 1.0:
+        return _batched(session, tokenizer, texts, pad_id, bucket, "probabilities")
+    return softmax(_batched(session, tokenizer, texts, pad_id, bucket, "logits") / temperature)
+
+
+def predict_logits(
     session: Any, tokenizer: Any, texts: Sequence[str], *, pad_id: int, bucket: int = BUCKET
+) -> np.ndarray:
+    return _batched(session, tokenizer, texts, pad_id, bucket, "logits")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _batched(
+    session: Any, tokenizer: Any, texts: Sequence[str], pad_id: int, bucket: int, output: str
 ) -> np.ndarray:
     encodings = [e.ids for e in tokenizer.encode_batch(list(texts))]
     n = len(encodings)
     if n <= bucket:
-        return _run(session, encodings, range(n), pad_id)
+        return _run(session, encodings, range(n), pad_id, output)
     order = sorted(range(n), key=lambda i: len(encodings[i]))
     out: np.ndarray | None = None
     for start in range(0, n, bucket):
         rows = order[start : start + bucket]
-        probs = _run(session, encodings, rows, pad_id)
+        values = _run(session, encodings, rows, pad_id, output)
         if out is None:
-            out = np.empty((n, probs.shape[1]), dtype=probs.dtype)
-        out[rows] = probs
+            out = np.empty((n, values.shape[1]), dtype=values.dtype)
+        out[rows] = values
     assert out is not None
     return out
 
 
-def _run(session: Any, encodings: list[list[int]], rows: Sequence[int], pad_id: int) -> np.ndarray:
+def _run(
+    session: Any, encodings: list[list[int]], rows: Sequence[int], pad_id: int, output: str
+) -> np.ndarray:
     width = max(len(encodings[i]) for i in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -54,4 +83,4 @@ def _run(session: Any, encodings: list[list[int]], rows: Sequence[int], pad_id: 
         k = len(encodings[i])
         ids[r, :k] = encodings[i]
         mask[r, :k] = 1
-    return session.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[0]
+    return session.run([output], {"input_ids": ids, "attention_mask": mask})[0]

@@ -83,6 +83,22 @@ class QuantizationReport(_Frozen):
     reason: str = ""
 
 
+class Calibration(_Frozen):
+    """How the version's probabilities were calibrated, and what it changed (on the data it
+    was fitted on): expected calibration error (15 equal-width bins of the top score) and
+    Brier score, before and after."""
+
+    method: Literal["temperature", "none"] = "temperature"
+    temperature: float = 1.0
+    fitted_on: str = "validation"
+    count: int = 0
+    ece_before: float | None = None
+    ece_after: float | None = None
+    brier_before: float | None = None
+    brier_after: float | None = None
+    reason: str = ""
+
+
 class ModelMetadata(_Frozen):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -101,7 +117,15 @@ class ModelMetadata(_Frozen):
     onnx: OnnxInfo
     quantized: bool = False
     quantization: QuantizationReport | None = None
+    calibration: Calibration | None = Field(
+        None, description="absent in versions made before calibration: temperature 1"
+    )
     parent_version: str | None = None
     files: dict[str, str] = Field(
         default_factory=dict, description="sha256 of every file of the version but metadata.json"
     )
+
+    @property
+    def temperature(self) -> float:
+        """What `/predict` divides the logits by (1: uncalibrated, a version made before)."""
+        return self.calibration.temperature if self.calibration is not None else 1.0

@@ -70,9 +70,12 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
 
     pad_id: int = 0
+    temperature: float = 1.0  # the version's calibration (metadata.calibration)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        return predict_proba(self.session, self.tokenizer, texts, pad_id=self.pad_id)
+        return predict_proba(
+            self.session, self.tokenizer, texts, pad_id=self.pad_id, temperature=self.temperature
+        )
 
 
 def load_model(
@@ -121,6 +124,7 @@ def load_model(
         macro_f1=mv.metadata.metrics.macro_f1,
         graph=graph.name,
         pad_id=pad_id,
+        temperature=mv.metadata.temperature,
     )
     model.predict_proba(["warm up"])  # first run allocates; do it before serving
     log.info(

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from models import ClassMetrics, Metrics
-from models._inference import predict_proba, unpadded
+from models._inference import predict_logits, predict_proba, unpadded
 
 
 def compute_metrics(
@@ -50,7 +50,12 @@ class OnnxRunner:
     """onnxruntime + tokenizers only: the same path the inference service takes."""
 
     def __init__(
-        self, model_path: Path, tokenizer_path: Path, *, threads: int | None = None
+        self,
+        model_path: Path,
+        tokenizer_path: Path,
+        *,
+        threads: int | None = None,
+        temperature: float = 1.0,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -63,10 +68,30 @@ class OnnxRunner:
         )
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.pad_id = unpadded(self.tokenizer)
+        self.temperature = temperature
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self._chunks(texts, batch_size, logits=False)
+
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self._chunks(texts, batch_size, logits=True)
+
+    def _chunks(self, texts: Sequence[str], batch_size: int, *, logits: bool) -> np.ndarray:
         outputs = []
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            outputs.append(predict_proba(self.session, self.tokenizer, chunk, pad_id=self.pad_id))
+            if logits:
+                outputs.append(
+                    predict_logits(self.session, self.tokenizer, chunk, pad_id=self.pad_id)
+                )
+            else:
+                outputs.append(
+                    predict_proba(
+                        self.session,
+                        self.tokenizer,
+                        chunk,
+                        pad_id=self.pad_id,
+                        temperature=self.temperature,
+                    )
+                )
         return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)

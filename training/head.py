@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -27,6 +27,9 @@ class LinearHead:
     label_names: bool = False  # the label names were added as one example per class
     selection: str = "validation"
     selection_score: float = 0.0  # the chosen option's macro-F1 (cross-validated or validation)
+    # the chosen option's out-of-fold logits on the training split (cross-validation only):
+    # held-out evidence for calibration that few-shot validation splits are too small for
+    oof_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class ids as served: argmax of the softmax logits."""
@@ -64,8 +67,12 @@ def _fit(c: float, x: np.ndarray, y: np.ndarray, names: np.ndarray | None, max_i
 
 
 def _predict(model: LogisticRegression, x: np.ndarray, num_labels: int) -> np.ndarray:
-    weight, bias = _to_softmax_params(model, num_labels)  # as served: argmax of our logits
-    return np.argmax(x @ weight.T + bias, axis=1)
+    return np.argmax(_logits(model, x, num_labels), axis=1)
+
+
+def _logits(model: LogisticRegression, x: np.ndarray, num_labels: int) -> np.ndarray:
+    weight, bias = _to_softmax_params(model, num_labels)  # as served: our softmax's logits
+    return x @ weight.T + bias
 
 
 def _cv_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -110,17 +117,19 @@ def fit_probe(
     use_cv = len(y_train) <= cv_max_examples and counts.min() >= 2
     folds = _cv_folds(y_train, min(cv_folds, int(counts.min())), seed) if use_cv else []
     search: dict[str, float] = {}
-    best: tuple[float, float, bool, LogisticRegression | None] | None = None
+    best: tuple[float, float, bool, LogisticRegression | None, np.ndarray | None] | None = None
     for step, (c, with_names) in enumerate(options, start=1):
         started = time.perf_counter()
         names = name_vectors if with_names else None
         model = None  # with cross-validation, the chosen option is fit on all of train below
+        oof_logits = None
         if use_cv:
-            oof = np.zeros(len(y_train), dtype=np.int64)
+            oof_logits = np.zeros((len(y_train), num_labels), dtype=np.float32)
             for held in folds:
                 keep = np.setdiff1d(np.arange(len(y_train)), held)
                 fold_model = _fit(c, x_train[keep], y_train[keep], names, max_iter, seed)
-                oof[held] = _predict(fold_model, x_train[held], num_labels)
+                oof_logits[held] = _logits(fold_model, x_train[held], num_labels)
+            oof = oof_logits.argmax(axis=1)
             score = float(f1_score(y_train, oof, average="macro", zero_division=0))
         else:
             model = _fit(c, x_train, y_train, names, max_iter, seed)
@@ -136,11 +145,11 @@ def fit_probe(
             time.perf_counter() - started,
         )
         if best is None or score > best[0]:
-            best = (score, c, with_names, model)
+            best = (score, c, with_names, model, oof_logits)
         if on_step is not None:
             on_step(step, len(options), f"head {key} macro-F1 {score:.4f}")
     assert best is not None
-    selection_score, c, with_names, model = best
+    selection_score, c, with_names, model, oof_logits = best
     if model is None:
         model = _fit(c, x_train, y_train, name_vectors if with_names else None, max_iter, seed)
     if len(model.classes_) != num_labels:  # every class is in train by construction
@@ -158,4 +167,5 @@ def fit_probe(
         label_names=with_names,
         selection="cross-validation" if use_cv else "validation",
         selection_score=round(selection_score, 6),
+        oof_logits=oof_logits,
     )

@@ -1,5 +1,6 @@
 """From trained weights to a published version: export to ONNX in a private staging folder
-(parity-checked against torch), evaluate what will be served, decide on the int8 graph,
+(parity-checked against torch), calibrate its scores (temperature scaling on the held-out
+split: training/calibration.py), evaluate what will be served, decide on the int8 graph,
 describe it all in `metadata.json`, publish atomically. Nothing is published unless every
 step succeeded; the staging folder is removed on any failure."""
 
@@ -41,6 +42,7 @@ def package(
     started: float,
     extra_metadata: Mapping[str, Any] | None = None,
 ) -> ModelMetadata:
+    from training.calibration import calibrate
     from training.evaluate import OnnxRunner, compute_metrics
     from training.export import INT8_FILE, choose_int8, export_onnx
 
@@ -67,6 +69,19 @@ def package(
         t0 = time.perf_counter()
         report("evaluating", 0.0, "scoring the held-out split")
         runner = OnnxRunner(staging.path / "model.onnx", staging.path / "tokenizer.json")
+        # calibrated scores: one temperature, fitted on the held-out split's logits, applied
+        # by the inference loop wherever this version runs (models/_inference.py)
+        # (a probe kept as it is also has out-of-fold logits on the training split from its
+        # cross-validation: few-shot validation splits alone are too small to fit on)
+        logits = runner.predict_logits(list(bench.val_set.texts))
+        y = bench.y_val
+        fitted_on = "validation"
+        oof = bench.head.oof_logits if bench.head is not None else None
+        if trained.strategy == "feature_extraction" and oof is not None:
+            logits, y = np.vstack([oof, logits]), np.concatenate([bench.y_train, y])
+            fitted_on = "out-of-fold training + validation"
+        calibration = calibrate(logits, y, fitted_on=fitted_on)
+        runner.temperature = calibration.temperature
 
         def score(ds: Dataset, graph: Any = None) -> Metrics:
             probs = (graph or runner).predict_proba(list(ds.texts))
@@ -83,7 +98,10 @@ def package(
             )
 
         def score_graph(path: Path, ds: Dataset) -> Metrics:
-            return score(ds, OnnxRunner(path, staging.path / "tokenizer.json"))
+            graph = OnnxRunner(
+                path, staging.path / "tokenizer.json", temperature=runner.temperature
+            )
+            return score(ds, graph)
 
         metrics = score(bench.val_set)
         quantization = exported.quantization
@@ -139,6 +157,7 @@ def package(
             onnx=exported.info,
             quantized=quantization is not None and quantization.served_on_cpu,
             quantization=quantization,
+            calibration=calibration,
             parent_version=parent,
         )
         report("publishing", 0.5, "writing the version")

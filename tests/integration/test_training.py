@@ -50,6 +50,29 @@ def test_feature_extraction_on_ten_classes_reaches_accuracy(fe_result, ten_class
     assert registry.verify("b10", meta.version).metadata == meta
 
 
+def test_scores_are_calibrated_by_the_version_s_temperature(fe_result, ten_classes) -> None:
+    """A few-shot probe is calibrated on its out-of-fold logits and the validation split
+    (10 validation examples alone would be too few); the temperature lives in the metadata
+    and the inference loop applies it, so the served scores are softmax(logits / T)."""
+    from models._inference import softmax
+    from training.evaluate import OnnxRunner
+
+    result, registry, _ = fe_result
+    cal = result.metadata.calibration
+    assert cal is not None and cal.method == "temperature"
+    assert cal.fitted_on == "out-of-fold training + validation" and cal.count == 80
+    assert cal.temperature != 1.0 and result.metadata.temperature == cal.temperature
+    assert cal.ece_after is not None and cal.brier_after is not None
+    mv = registry.get("b10", result.metadata.version)
+    runner = OnnxRunner(mv.onnx_path, mv.path / "tokenizer.json", temperature=cal.temperature)
+    texts = [t for t, _ in banking77_slice("test", ten_classes, per_class=3)]
+    served = runner.predict_proba(texts)
+    assert np.allclose(served, softmax(runner.predict_logits(texts) / cal.temperature), atol=1e-5)
+    assert not np.allclose(
+        served, OnnxRunner(mv.onnx_path, mv.path / "tokenizer.json").predict_proba(texts), atol=1e-3
+    )
+
+
 def test_exported_onnx_matches_torch_and_declares_its_interface(fe_result) -> None:
     result, registry, _ = fe_result
     mv = registry.get("b10", result.metadata.version)
