@@ -246,6 +246,36 @@ def test_cli_train_json_and_models_commands(tmp_path: Path, ten_classes) -> None
     assert "tokenizer.json: sha256" in bad.stdout and "Traceback" not in bad.stderr
 
 
+def test_cli_promote_goes_through_the_gate_and_force_skips_it(tmp_path: Path, ten_classes) -> None:
+    """`refit train --promote` is judged like a service retrain: production is scored on the
+    new version's validation examples. A challenger on a tiny random encoder is worse than
+    the MiniLM champion on the same examples and is kept as a candidate; with `--force` it
+    becomes production anyway."""
+    from tests.integration.test_backbones import _words, make_bert
+
+    home = str(tmp_path / "home")
+    rows = banking77_slice("train", ten_classes, 8)
+    data = tmp_path / "train.csv"
+    data.write_text("text,category\n" + "".join(f'"{t}",{c}\n' for t, c in rows))
+    tiny = tmp_path / "tiny-bert"
+    make_bert(tiny, _words(rows))
+
+    def cli_train(*flags: str) -> dict:
+        proc = run_cli("--home", home, "train", str(data), "--name", "g", "--json", *flags)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    first = cli_train("--promote")
+    assert first["promoted"] is True and first["promotion_reason"] == "no production model yet"
+    weak = cli_train("--backbone", str(tiny), "--promote")
+    assert weak["promoted"] is False, weak
+    assert weak["promotion_reason"].endswith("held-out examples: kept as a candidate")
+    forced = cli_train("--backbone", str(tiny), "--promote", "--force")
+    assert forced["promoted"] is True and forced["promotion_reason"] == "promote=always"
+    listed = json.loads(run_cli("--home", home, "models", "list", "g", "--json").stdout)
+    assert [r["version"] for r in listed if "production" in r["aliases"]] == [forced["version"]]
+
+
 def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
     data = tmp_path / "bad.csv"
     data.write_text("text,label\nhello,a\nhi,a\nlonely,b\n")
