@@ -25,7 +25,12 @@ def imported(path: Path) -> set[str]:
 
 
 def sources(folder: str) -> list[Path]:
-    return sorted((REPO / folder).rglob("*.py"))
+    """The project's own modules (not a virtualenv a benchmark made inside bench/)."""
+    return sorted(
+        p
+        for p in (REPO / folder).rglob("*.py")
+        if not any(part.startswith(".") for part in p.relative_to(REPO).parts)
+    )
 
 
 def test_models_import_neither_service_nor_training() -> None:
