@@ -17,7 +17,15 @@ import numpy as np
 from models import InvalidModelNameError, RegistryUnavailable, validate_model_name
 from models.text import FIXES, invalid_character
 from service import metrics
-from service.errors import ApiError, BadRequest, NotFound, TooLarge, Unavailable, retry_later
+from service.errors import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    TooLarge,
+    Unavailable,
+    invalid_name,
+    retry_later,
+)
 from service.loading import LoadedModel
 from service.pool import ModelLoadError, UnknownModel
 from service.responses import JSONResponse
@@ -230,7 +238,7 @@ def check_name(name: str) -> None:
     try:
         validate_model_name(name)
     except InvalidModelNameError as exc:
-        raise BadRequest(f"invalid model name: {exc}") from None
+        raise invalid_name(exc) from None
 
 
 @functools.cache

@@ -32,10 +32,16 @@ class ApiError(Exception):
         super().__init__(message)
         self.message, self.headers, self.extra = message, headers, extra
 
-    def response(self, *, bare: bool = False) -> JSONResponse:
+    def body(self, *, bare: bool = False) -> dict[str, Any]:
         """`{"error", "fix"...}`, or `{"error"}` alone (the V2 protocol's shape)."""
-        body = {"error": self.message, **({} if bare else self.extra)}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return {"error": self.message, **({} if bare else self.extra)}
+
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """The headers as ASGI wants them (for middlewares that answer by themselves)."""
+        return [(k.encode(), v.encode()) for k, v in (self.headers or {}).items()]
+
+    def response(self, *, bare: bool = False) -> JSONResponse:
+        return JSONResponse(self.body(bare=bare), status_code=self.status, headers=self.headers)
 
 
 class BadRequest(ApiError):
@@ -88,8 +94,12 @@ async def _invalid(request, exc: RequestValidationError) -> JSONResponse:
     )
 
 
+def invalid_name(exc: InvalidModelNameError) -> BadRequest:
+    return BadRequest(f"invalid model name: {exc}")
+
+
 async def _invalid_name(request, exc: InvalidModelNameError) -> JSONResponse:
-    return BadRequest(f"invalid model name: {exc}").response()
+    return invalid_name(exc).response()
 
 
 async def _unavailable(request, exc: Exception) -> JSONResponse:

@@ -127,20 +127,17 @@ def validate(pairs: Sequence[tuple[Any, Any]]) -> Dataset:
 
 
 def check_labels(labels: set[str], settings: Settings, *, trainable: bool) -> None:
-    """The model's labels after this request within REFIT_MAX_CLASSES; with `trainable`, also
-    enough of each to train on (a retrain request, not feedback that waits for more)."""
-    try:
-        if len(labels) > settings.max_classes:
-            hint = (
-                "; check that the label column holds class names, or raise REFIT_MAX_CLASSES"
-                if trainable
-                else ""
-            )
-            raise DataError(
-                [f"{len(labels)} distinct labels, the limit is {settings.max_classes}{hint}"]
-            )
-    except DataError as exc:
-        raise invalid(exc) from None
+    """The model's labels after this request within REFIT_MAX_CLASSES (a retrain request,
+    `trainable`, also says how to fix a label column that holds something else)."""
+    if len(labels) > settings.max_classes:
+        hint = (
+            "; check that the label column holds class names, or raise REFIT_MAX_CLASSES"
+            if trainable
+            else ""
+        )
+        raise invalid(
+            DataError([f"{len(labels)} distinct labels, the limit is {settings.max_classes}{hint}"])
+        )
 
 
 def check_trainable(counts: dict[str, int]) -> None:

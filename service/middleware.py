@@ -144,12 +144,7 @@ class LimitsAndAuthMiddleware:
             and not token_matches(header(scope, b"authorization"), self._token)
         ):
             refused = unauthorized()
-            await send_json(
-                send,
-                refused.status,
-                {"error": refused.message, **refused.extra},
-                [(k.encode(), v.encode()) for k, v in (refused.headers or {}).items()],
-            )
+            await send_json(send, refused.status, refused.body(), refused.header_pairs())
             return
         limit = self.settings.max_body_bytes
         length = header(scope, b"content-length")
@@ -265,7 +260,7 @@ class RetrainSubmitMiddleware:
                 intake.accept_retrain, body, content_type, query, self.settings, ctx.store
             )
         except ApiError as refused:
-            await send_json(send, refused.status, {"error": refused.message, **refused.extra})
+            await send_json(send, refused.status, refused.body(), refused.header_pairs())
             return
         except StoreUnavailable as exc:
             log.warning("retrain submit refused: %s", exc)

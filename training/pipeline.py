@@ -173,9 +173,9 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
     share = 0.2 if decision.plan != "feature_extraction" or may_adapt else 1.0
     # decided before the probe exists only in part: whether a challenger may follow
     first = probe(bench, share=share, keep_snapshot=False)
-    strength = first.details["strength"]
+    strength = bench.head.chance_corrected(len(bench.labels))
     weak = config.strategy == "auto" and adapts_anyway(
-        decision.plan, bench.head.chance_corrected(len(bench.labels)), config.weak_probe_below
+        decision.plan, strength, config.weak_probe_below
     )
     fine_tune_plan = decision.plan != "feature_extraction" or (
         weak and config.contrastive_steps == 0
@@ -186,7 +186,7 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
     details: dict[str, Any] = {"embedding": bench.embed_stats, "probe": first.details}
     weak_text = (
         f"the probe is weak (chance-corrected {bench.head.selection} macro-F1"
-        f" {bench.head.chance_corrected(len(bench.labels)):.3f} < {config.weak_probe_below:g})"
+        f" {strength:.3f} < {config.weak_probe_below:g})"
         if weak
         else None
     )
@@ -214,7 +214,7 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
         if challenger.name == "contrastive":
             details["contrastive"] = {
                 **challenger.details,
-                "probe_strength": strength,
+                "probe_strength": first.details["strength"],
                 "probe_vs_contrastive": selection.evidence,
                 "kept": selection.kept is challenger,
             }
