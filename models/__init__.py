@@ -19,6 +19,8 @@ from models._metadata import (
     Metrics,
     ModelMetadata,
     OnnxInfo,
+    OutOfScope,
+    OutOfScopeEvidence,
     QuantizationReport,
 )
 from models._registry import Registry, pid_alive
@@ -41,6 +43,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "BackboneInfo",
     "Calibration",
+    "OutOfScope",
+    "OutOfScopeEvidence",
     "ClassMetrics",
     "CorruptVersionError",
     "DataSummary",

@@ -13,9 +13,13 @@ activations per call, so a text's int8 probabilities vary slightly with its batc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from models._detector import Detector
 
 BUCKET = 16
 
@@ -25,6 +29,40 @@ def unpadded(tokenizer: Any) -> int:
     padding = tokenizer.padding or {}
     tokenizer.no_padding()
     return int(padding.get("pad_id", 0))
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A batch's calibrated probabilities and, per text, whether it is out of scope (all
+    False for a version without a detector)."""
+
+    probabilities: np.ndarray
+    out_of_scope: np.ndarray
+
+    def rows(self, start: int, stop: int) -> Scored:
+        return Scored(self.probabilities[start:stop], self.out_of_scope[start:stop])
+
+
+def score(
+    session: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    pad_id: int,
+    temperature: float = 1.0,
+    detector: Detector | None = None,
+    bucket: int = BUCKET,
+) -> Scored:
+    """What `/predict` serves: calibrated probabilities and the out-of-scope decision, from
+    one run of the graph."""
+    if detector is None:
+        probs = predict_proba(
+            session, tokenizer, texts, pad_id=pad_id, temperature=temperature, bucket=bucket
+        )
+        return Scored(probs, np.zeros(len(probs), dtype=bool))
+    outputs = run(session, tokenizer, texts, pad_id=pad_id, outputs=detector.outputs, bucket=bucket)
+    probs = softmax(outputs[0] / temperature)
+    return Scored(probs, detector.flags(probs, outputs[1] if len(outputs) > 1 else None))
 
 
 def predict_proba(
@@ -39,14 +77,18 @@ def predict_proba(
     """Probabilities, calibrated by the version's `temperature` (softmax(logits / T); the
     graph's own softmax output when T is 1): applied here, once, for every consumer."""
     if temperature == 1.0:
-        return _batched(session, tokenizer, texts, pad_id, bucket, "probabilities")
-    return softmax(_batched(session, tokenizer, texts, pad_id, bucket, "logits") / temperature)
+        probs = run(
+            session, tokenizer, texts, pad_id=pad_id, outputs=("probabilities",), bucket=bucket
+        )
+        return probs[0]
+    logits = run(session, tokenizer, texts, pad_id=pad_id, outputs=("logits",), bucket=bucket)[0]
+    return softmax(logits / temperature)
 
 
 def predict_logits(
     session: Any, tokenizer: Any, texts: Sequence[str], *, pad_id: int, bucket: int = BUCKET
 ) -> np.ndarray:
-    return _batched(session, tokenizer, texts, pad_id, bucket, "logits")
+    return run(session, tokenizer, texts, pad_id=pad_id, outputs=("logits",), bucket=bucket)[0]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -54,28 +96,39 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _batched(
-    session: Any, tokenizer: Any, texts: Sequence[str], pad_id: int, bucket: int, output: str
-) -> np.ndarray:
+def run(
+    session: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    pad_id: int,
+    outputs: Sequence[str],
+    bucket: int = BUCKET,
+) -> list[np.ndarray]:
+    """The graph's named `outputs` for `texts`, in the texts' order (bucketed by length)."""
     encodings = [e.ids for e in tokenizer.encode_batch(list(texts))]
     n = len(encodings)
     if n <= bucket:
-        return _run(session, encodings, range(n), pad_id, output)
+        return _run(session, encodings, range(n), pad_id, outputs)
     order = sorted(range(n), key=lambda i: len(encodings[i]))
-    out: np.ndarray | None = None
+    out: list[np.ndarray] = []
     for start in range(0, n, bucket):
         rows = order[start : start + bucket]
-        values = _run(session, encodings, rows, pad_id, output)
-        if out is None:
-            out = np.empty((n, values.shape[1]), dtype=values.dtype)
-        out[rows] = values
-    assert out is not None
+        values = _run(session, encodings, rows, pad_id, outputs)
+        if not out:
+            out = [np.empty((n, v.shape[1]), dtype=v.dtype) for v in values]
+        for target, v in zip(out, values, strict=True):
+            target[rows] = v
     return out
 
 
 def _run(
-    session: Any, encodings: list[list[int]], rows: Sequence[int], pad_id: int, output: str
-) -> np.ndarray:
+    session: Any,
+    encodings: list[list[int]],
+    rows: Sequence[int],
+    pad_id: int,
+    outputs: Sequence[str],
+) -> list[np.ndarray]:
     width = max(len(encodings[i]) for i in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -83,4 +136,4 @@ def _run(
         k = len(encodings[i])
         ids[r, :k] = encodings[i]
         mask[r, :k] = 1
-    return session.run([output], {"input_ids": ids, "attention_mask": mask})[0]
+    return session.run(list(outputs), {"input_ids": ids, "attention_mask": mask})

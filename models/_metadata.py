@@ -31,6 +31,7 @@ class DataSummary(_Frozen):
     validation_count: int
     duplicates_dropped: int = 0
     conflicts: int = Field(0, description="texts seen with more than one label (dropped)")
+    out_of_scope_count: int = Field(0, description="examples with the out-of-scope label")
 
 
 class ClassMetrics(_Frozen):
@@ -99,6 +100,33 @@ class Calibration(_Frozen):
     reason: str = ""
 
 
+class OutOfScopeEvidence(_Frozen):
+    """What the detector's choice rests on, measured on held-out data."""
+
+    source: Literal["out_of_scope_examples", "simulated_unknown_classes", "none"]
+    in_scope_count: int = Field(description="validation examples (in scope)")
+    out_of_scope_count: int = Field(0, description="out-of-scope examples (0: simulated)")
+    auroc: float | None = None
+    in_scope_recall: float | None = Field(None, description="validation kept in scope")
+    out_of_scope_recall: float | None = Field(
+        None, description="out-of-scope answered so (simulated: mean over folds)"
+    )
+    candidates: dict[str, float] = Field(default_factory=dict, description="AUROC per score")
+
+
+class OutOfScope(_Frozen):
+    """The version's out-of-scope decision: a text whose score is above `threshold` is
+    answered with `label` (`method` off: never)."""
+
+    method: Literal["max_probability", "mahalanobis", "off"]
+    threshold: float | None = None
+    label: str = "out_of_scope"
+    target_recall: float = 0.95
+    file: str | None = Field(None, description="the score's parameters (mahalanobis)")
+    evidence: OutOfScopeEvidence | None = None
+    reason: str = ""
+
+
 class ModelMetadata(_Frozen):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -119,6 +147,9 @@ class ModelMetadata(_Frozen):
     quantization: QuantizationReport | None = None
     calibration: Calibration | None = Field(
         None, description="absent in versions made before calibration: temperature 1"
+    )
+    out_of_scope: OutOfScope | None = Field(
+        None, description="absent in versions made before the detector: never out of scope"
     )
     parent_version: str | None = None
     files: dict[str, str] = Field(

@@ -7,6 +7,7 @@ and Python pairs) and what to do about it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -270,6 +271,8 @@ def parse_bytes(
 
 def load_dataset(
     source: str | Path | Iterable[tuple[Any, Any]] | Iterable[Mapping[str, Any]],
+    *,
+    check_classes: bool = True,
 ) -> Dataset:
     """A CSV/JSONL/JSON file (by extension), or Python `(text, label)` pairs or dicts."""
     if isinstance(source, str | Path):
@@ -285,7 +288,7 @@ def load_dataset(
             data = path.read_bytes()
         except OSError as exc:
             raise DataError([f"{path}: cannot read ({exc.strerror})"]) from None
-        return parse_bytes(data, fmt, path.name)
+        return parse_bytes(data, fmt, path.name, check_classes=check_classes)
 
     def rows() -> Iterable[tuple[str, Any, Any]]:
         for n, item in enumerate(source, start=1):
@@ -296,7 +299,47 @@ def load_dataset(
             else:
                 yield f"item {n}", None, None
 
-    return build_dataset(rows())
+    return build_dataset(rows(), check_classes=check_classes)
+
+
+def _folded(label: str) -> str:
+    return "".join(c for c in label.casefold() if c.isalnum())
+
+
+def check_out_of_scope_label(counts: Mapping[str, int], label: str) -> None:
+    """The classes left once the examples labeled `label` are set aside must be trainable;
+    a label that differs from `label` only in case or punctuation is refused (it would
+    silently become a class of its own)."""
+    near = [c for c in counts if c != label and _folded(c) == _folded(label)]
+    if near:
+        raise DataError(
+            [
+                f"label {near[0]!r} looks like the out-of-scope label {label!r} but is not it;"
+                f" relabel those examples {label!r}, or set out_of_scope_label to another name"
+            ]
+        )
+    if counts and set(counts) == {label}:
+        raise DataError(
+            [
+                f"all {counts[label]} examples are labeled {label!r} (out of scope): add"
+                " examples of the classes the model should answer with"
+            ]
+        )
+    check_class_counts({c: n for c, n in counts.items() if c != label})
+
+
+def set_aside(dataset: Dataset, label: str) -> tuple[Dataset, Dataset]:
+    """(the classes, the out-of-scope examples): examples labeled `label` belong to no class;
+    they are kept apart to choose and check the out-of-scope decision."""
+    check_out_of_scope_label(dataset.counts(), label)
+    inside = [i for i, y in enumerate(dataset.labels) if y != label]
+    outside = [i for i, y in enumerate(dataset.labels) if y == label]
+    scoped = dataclasses.replace(
+        dataset.subset(inside),
+        duplicates_dropped=dataset.duplicates_dropped,
+        conflicts=dataset.conflicts,
+    )
+    return scoped, dataset.subset(outside)
 
 
 def stratified_split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:

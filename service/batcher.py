@@ -6,8 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
+from models._inference import Scored
 from service.loading import LoadedModel, ModelHolder
 
 
@@ -44,7 +43,7 @@ class MicroBatcher:
             self._task = asyncio.get_running_loop().create_task(self._run())
         return self._queue
 
-    async def submit(self, texts: list[str]) -> tuple[LoadedModel, np.ndarray]:
+    async def submit(self, texts: list[str]) -> tuple[LoadedModel, Scored]:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         await self._ensure_started().put(_Pending(texts, future))
         return await future
@@ -88,7 +87,7 @@ class MicroBatcher:
         texts = [t for item in batch for t in item.texts]
         started = time.perf_counter()
         try:
-            probs = await asyncio.to_thread(model.predict_proba, texts)
+            scored = await asyncio.to_thread(model.score, texts)
         except Exception as exc:
             for item in batch:
                 if not item.future.done():
@@ -100,5 +99,5 @@ class MicroBatcher:
         for item in batch:
             n = len(item.texts)
             if not item.future.done():
-                item.future.set_result((model, probs[offset : offset + n]))
+                item.future.set_result((model, scored.rows(offset, offset + n)))
             offset += n

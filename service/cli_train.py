@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             device=args.device,
             threads=None,  # all cores: the command line is not sharing them with a service
         )
-        dataset = load_dataset(args.data)
+        dataset = load_dataset(args.data, check_classes=False)  # out-of-scope rows: train()
         test = load_dataset(args.test) if args.test else None
     except (DataError, ValueError) as exc:
         err(str(exc))
@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "promotion_reason": result.promotion_reason,
         "metrics": _metrics_dict(meta.metrics),
         "test_metrics": _metrics_dict(meta.test_metrics),
+        "out_of_scope": meta.out_of_scope.model_dump() if meta.out_of_scope else None,
         "data": {
             "count": meta.data.count,
             "classes": len(meta.labels),

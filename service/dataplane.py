@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models import InvalidModelNameError, RegistryUnavailable, validate_model_name
+from models._inference import Scored
 from models.text import FIXES, invalid_character
 from service import metrics
 from service.errors import (
@@ -53,10 +54,10 @@ class DataPlane:
             if not self.ctx.is_default(name):
                 check_name(name)
             self.check(texts, top_k)
-            served, probs, default, seconds = await self.infer(texts, name, version)
+            served, scored, default, seconds = await self.infer(texts, name, version)
         except ApiError as refused:
             return refused.response()
-        return self._answer(texts, top_k, served, probs, seconds, entered, default=default)
+        return self._answer(texts, top_k, served, scored, seconds, entered, default=default)
 
     def check(self, texts: list[str], top_k: int) -> None:
         """The request's texts and top_k within the limits, or an ApiError saying what is not."""
@@ -84,10 +85,10 @@ class DataPlane:
 
     async def infer(
         self, texts: list[str], name: str, version: str | None
-    ) -> tuple[LoadedModel, np.ndarray, bool, float]:
-        """Probabilities from the model serving `name` (its production, or `version`): the
-        default model's own holder and batcher, any other from the pool (loaded on demand).
-        Returns (model, probabilities, whether it is the default model, seconds)."""
+    ) -> tuple[LoadedModel, Scored, bool, float]:
+        """Scores from the model serving `name` (its production, or `version`): the default
+        model's own holder and batcher, any other from the pool (loaded on demand). Returns
+        (model, probabilities and out-of-scope flags, whether it is the default model, seconds)."""
         ctx = self.ctx
         if ctx.is_default(name) and version is None:
             # No registry check here: the watcher swaps models off the event loop (loading
@@ -98,8 +99,8 @@ class DataPlane:
                     fix="train one: POST /retrain/submit",
                 )
             started = time.perf_counter()
-            served, probs = await ctx.batcher.submit(texts)
-            return served, probs, True, time.perf_counter() - started
+            served, scored = await ctx.batcher.submit(texts)
+            return served, scored, True, time.perf_counter() - started
         try:
             entry = await ctx.pool.acquire(name, version)
         except UnknownModel as exc:
@@ -110,10 +111,10 @@ class DataPlane:
             raise retry_later(str(exc), fix="retry later") from None
         try:
             started = time.perf_counter()
-            served, probs = await entry.batcher.submit(texts)
+            served, scored = await entry.batcher.submit(texts)
         finally:
             ctx.pool.release(entry)
-        return served, probs, False, time.perf_counter() - started
+        return served, scored, False, time.perf_counter() - started
 
     def counter(self, model: LoadedModel, label: str) -> Any:
         """`refit_predictions_total` for this version and label (a cached child: labels()
@@ -131,7 +132,7 @@ class DataPlane:
         texts: list[str],
         top_k: int,
         model: LoadedModel,
-        probs: np.ndarray,
+        scored: Scored,
         seconds: float,
         entered: float,
         *,
@@ -140,6 +141,7 @@ class DataPlane:
         """The JSON answer, counters, and (the default model) drift and shadow bookkeeping."""
         ctx = self.ctx
         k = min(top_k, len(model.labels))
+        probs = scored.probabilities
         top = np.argsort(-probs, axis=1)[:, :k]
         predictions = []
         now = time.time()
@@ -147,8 +149,10 @@ class DataPlane:
         keep_ids = self.settings.prediction_window > 0 and len(ctx.served_ids) < 50_000
         shadowed = default and self._shadow_sample(len(texts))
         served_rows = ctx.served_ids if not shadowed else []
-        for i, (text, row, order) in enumerate(zip(texts, probs, top, strict=True)):
-            best = model.labels[int(order[0])]
+        rows = zip(texts, probs, top, scored.out_of_scope.tolist(), strict=True)
+        for i, (text, row, order, outside) in enumerate(rows):
+            # out of scope: the model's out-of-scope label; `top` still ranks the known labels
+            best = model.out_of_scope_label if outside else model.labels[int(order[0])]
             score = float(row[order[0]])
             prediction_id = f"{request_id}.{i}"
             if keep_ids or shadowed:
@@ -160,12 +164,14 @@ class DataPlane:
                 seen = ctx.traffic.setdefault((model.version, best), [0, 0.0])
                 seen[0] += 1
                 seen[1] += score
-            if default and score < self.settings.uncertain_below and len(ctx.uncertain) < 1000:
+            worth_a_label = outside or score < self.settings.uncertain_below
+            if default and worth_a_label and len(ctx.uncertain) < 1000:
                 ctx.uncertain.append((model.version, best, round(score, 6), text, now))
             predictions.append(
                 {
                     "id": prediction_id,
                     "label": best,
+                    "out_of_scope": outside,
                     "score": round(float(row[order[0]]), 6),
                     "top": [
                         {"label": model.labels[int(j)], "score": round(float(row[j]), 6)}
@@ -208,7 +214,7 @@ class DataPlane:
         ctx = self.ctx
         started = time.perf_counter()
         try:
-            shadow, probs = await ctx.shadow_batcher.submit(texts)
+            shadow, shadow_scored = await ctx.shadow_batcher.submit(texts)
         except Exception as exc:  # unloaded meanwhile, or failed: production is unaffected
             log.debug("shadow scoring skipped: %s", exc)
             shadow = None
@@ -219,10 +225,13 @@ class DataPlane:
                 ctx.served_ids.extend(rows)
             return
         seconds = time.perf_counter() - started
+        probs = shadow_scored.probabilities
         best = probs.argmax(axis=1)
         scored = [
-            (*row, shadow.version, shadow.labels[int(j)], round(float(p[j]), 6))
-            for row, j, p in zip(rows, best, probs, strict=True)
+            (*row, shadow.version, shadow_label(shadow, int(j), outside), round(float(p[j]), 6))
+            for row, j, p, outside in zip(
+                rows, best, probs, shadow_scored.out_of_scope.tolist(), strict=True
+            )
         ]
         if keep:
             ctx.served_ids.extend(scored)
@@ -232,6 +241,10 @@ class DataPlane:
         metrics.SHADOW_LATENCY.labels(shadow.name, "production").observe(production_s)
         metrics.SHADOW_LATENCY.labels(shadow.name, "shadow").observe(seconds)
         ctx.shadow_latency.append((production_s, seconds))
+
+
+def shadow_label(model: LoadedModel, best: int, outside: bool) -> str:
+    return model.out_of_scope_label if outside else model.labels[best]
 
 
 def check_name(name: str) -> None:

@@ -4,6 +4,8 @@
   split: Jensen-Shannon divergence, base 2, so 0 (same) to 1 (disjoint).
 - The mean top-1 confidence of live traffic vs validation's: a drop says inputs look less
   like the training data even when the label mix holds.
+- The share of live texts answered out of scope vs the share of held-out in-scope texts the
+  detector turned away at training time: a rise says traffic the classes do not cover.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ def drift_report(
     live_conf = confidence_sum / n if n else None
     ref_conf = meta.metrics.mean_confidence
     enough = n >= min_predictions and sum(ref.values()) >= MIN_REFERENCE
+    detector = (
+        meta.out_of_scope if meta.out_of_scope and meta.out_of_scope.method != "off" else None
+    )
+    live_oos = counts.get(detector.label, 0) / n if detector is not None and n else None
+    evidence = detector.evidence if detector is not None else None
+    ref_oos = (
+        round(1 - evidence.in_scope_recall, 4)
+        if evidence is not None and evidence.in_scope_recall is not None
+        else None
+    )
     return {
         "version": meta.version,
         "predictions": n,
@@ -65,4 +77,6 @@ def drift_report(
             if ref_conf is not None and live_conf is not None and enough
             else None
         ),
+        "live_out_of_scope_rate": round(live_oos, 4) if live_oos is not None else None,
+        "validation_out_of_scope_rate": ref_oos,
     }

@@ -12,7 +12,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from models.data import DataError, Dataset, build_dataset, check_class_counts, parse_bytes
+from models.data import (
+    DataError,
+    Dataset,
+    build_dataset,
+    check_out_of_scope_label,
+    parse_bytes,
+)
 from service.errors import ApiError, BadRequest, TooLarge, format_errors
 from service.schemas import RetrainOptions, RetrainRequest
 from service.settings import Settings
@@ -54,7 +60,8 @@ def accept_retrain(
     for label in labeled.values():
         combined[label] = combined.get(label, 0) + 1
     check_labels(set(combined), settings, trainable=True)
-    check_trainable(combined)
+    label = store.model_settings.get(model).get("out_of_scope_label") or settings.out_of_scope_label
+    check_trainable(combined, out_of_scope_label=label)
     job = store.jobs.create_job(
         model,
         options.model_dump(exclude={"model"}),
@@ -140,9 +147,10 @@ def check_labels(labels: set[str], settings: Settings, *, trainable: bool) -> No
         )
 
 
-def check_trainable(counts: dict[str, int]) -> None:
+def check_trainable(counts: dict[str, int], *, out_of_scope_label: str) -> None:
+    """Enough classes to train on, the out-of-scope examples (no class) set aside."""
     try:
-        check_class_counts(counts)
+        check_out_of_scope_label(counts, out_of_scope_label)
     except DataError as exc:
         raise invalid(exc) from None
 

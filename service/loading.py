@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from models import ModelVersion, Registry, RegistryError, RegistryUnavailable
-from models._inference import predict_proba, unpadded
+from models._detector import Detector
+from models._inference import Scored, score, unpadded
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +70,18 @@ class LoadedModel:
 
     pad_id: int = 0
     temperature: float = 1.0  # the version's calibration (metadata.calibration)
+    detector: Detector | None = None  # None: never out of scope (off, or an older version)
+    out_of_scope_label: str = "out_of_scope"
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        return predict_proba(
-            self.session, self.tokenizer, texts, pad_id=self.pad_id, temperature=self.temperature
+    def score(self, texts: Sequence[str]) -> Scored:
+        """Calibrated probabilities and the out-of-scope decision, from one graph run."""
+        return score(
+            self.session,
+            self.tokenizer,
+            texts,
+            pad_id=self.pad_id,
+            temperature=self.temperature,
+            detector=self.detector,
         )
 
 
@@ -125,8 +132,10 @@ def load_model(
         graph=graph.name,
         pad_id=pad_id,
         temperature=mv.metadata.temperature,
+        detector=Detector.for_version(mv.metadata.out_of_scope, mv.path),
+        out_of_scope_label=oos.label if (oos := mv.metadata.out_of_scope) else "out_of_scope",
     )
-    model.predict_proba(["warm up"])  # first run allocates; do it before serving
+    model.score(["warm up"])  # first run allocates; do it before serving
     log.info(
         "loaded %s/%s (%s) on %s (pid %d)", mv.name, mv.version, graph.name, provider, os.getpid()
     )

@@ -69,6 +69,12 @@ LIVE_CONFIDENCE = Gauge(
     ["model", "version"],
     multiprocess_mode="mostrecent",
 )
+LIVE_OUT_OF_SCOPE = Gauge(
+    "refit_drift_out_of_scope_rate",
+    "Share of live predictions answered out of scope, per served version",
+    ["model", "version"],
+    multiprocess_mode="mostrecent",
+)
 VALIDATION_CONFIDENCE = Gauge(
     "refit_drift_validation_mean_confidence",
     "Mean top-1 score on the version's validation split (the reference)",

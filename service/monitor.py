@@ -95,6 +95,10 @@ class Monitor:
             metrics.LIVE_CONFIDENCE.labels(name, report["version"]).set(
                 report["live_mean_confidence"]
             )
+        if report is not None and report["live_out_of_scope_rate"] is not None:
+            metrics.LIVE_OUT_OF_SCOPE.labels(name, report["version"]).set(
+                report["live_out_of_scope_rate"]
+            )
         if not ctx.settings.auto_retrain:
             return
         job = await asyncio.to_thread(

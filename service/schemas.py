@@ -68,6 +68,11 @@ class ModelSettings(BaseModel):
     retrain_min_pending: int | None = Field(None, ge=0)
     retrain_interval_s: float | None = Field(None, ge=0)
     drift_threshold: float | None = Field(None, ge=0, le=1)
+    out_of_scope: Literal["auto", "off"] | None = None
+    out_of_scope_label: str | None = Field(
+        None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"
+    )
+    out_of_scope_target_recall: float | None = Field(None, ge=0.5, le=0.999)
 
 
 class TopLabel(BaseModel):
@@ -77,9 +82,13 @@ class TopLabel(BaseModel):
 
 class Prediction(BaseModel):
     id: str = Field(description="send it back as `prediction_id` in POST /feedback")
-    label: str
-    score: float
-    top: list[TopLabel]
+    label: str = Field(description="the answer: a class, or the out-of-scope label")
+    out_of_scope: bool = Field(
+        description="no known class fits (label is the model's out-of-scope label); always"
+        " false for versions made without a detector"
+    )
+    score: float = Field(description="the top known label's calibrated probability")
+    top: list[TopLabel] = Field(description="the known labels, ranked")
 
 
 class PredictResponse(BaseModel):

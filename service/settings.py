@@ -113,6 +113,18 @@ class Settings(BaseSettings):
     trigger_poll_s: float = Field(
         5.0, gt=0, le=3600, description="how often workers flush traffic stats and check triggers"
     )
+    out_of_scope: Literal["auto", "off"] = Field(
+        "auto", description="new versions answer out of scope (auto: a detector is chosen)"
+    )
+    out_of_scope_label: str = Field(
+        "out_of_scope",
+        min_length=1,
+        max_length=100,
+        description="the label of examples that belong to no class, and of the answer",
+    )
+    out_of_scope_target_recall: float = Field(
+        0.95, ge=0.5, le=0.999, description="in-scope texts the detector must keep (no examples)"
+    )
     uncertain_below: float = Field(
         0.5, ge=0, le=1, description="top-1 score under which an input counts as uncertain"
     )

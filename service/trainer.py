@@ -37,6 +37,9 @@ def train_config(settings: Settings, *, name: str, **overrides: Any) -> Any:
         "min_steps": settings.fine_tuning_min_steps,
         "cache_dir": settings.root / ".cache",
         "promotion_tolerance": settings.promotion_tolerance,
+        "out_of_scope": settings.out_of_scope,
+        "out_of_scope_label": settings.out_of_scope_label,
+        "out_of_scope_target_recall": settings.out_of_scope_target_recall,
         "thresholds": PolicyThresholds(
             feature_extraction_below=settings.feature_extraction_below,
             fine_tuning_at=settings.fine_tuning_at,
@@ -145,6 +148,7 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
             result.validation,
             mode=request.get("promote", "auto"),
             tolerance=settings.promotion_tolerance,
+            outside=result.outside,
             via_shadow=settings.promote_via_shadow,
             shadow_note=f"; in shadow: scores {settings.shadow_fraction:.0%} of live requests and"
             f" is promoted when not worse than production on {settings.shadow_min_labeled}"
@@ -174,6 +178,7 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
             "promoted": promote,
             "shadow": shadow,
             "promotion_reason": why,
+            "out_of_scope": meta.out_of_scope.model_dump() if meta.out_of_scope else None,
             "timings": result.timings,
         }
         _finish_durably(store, job_id, SUCCEEDED, worker=worker, result=outcome)

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from models._inference import Scored
 from service.errors import ApiError
 
 INPUT = "text"
-OUTPUTS = ("label", "probabilities")
+OUTPUTS = ("label", "probabilities", "out_of_scope")
 PLATFORM = "onnxruntime_onnx"
 
 
@@ -41,6 +42,7 @@ def metadata(name: str, versions: list[str], labels: list[str]) -> dict[str, Any
         "outputs": [
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
+            {"name": "out_of_scope", "datatype": "BOOL", "shape": [-1]},
         ],
         "parameters": {"classes": labels},
     }
@@ -145,14 +147,24 @@ def infer_response(
     name: str,
     version: str,
     labels: tuple[str, ...],
-    probs: np.ndarray,
+    scored: Scored,
+    out_of_scope_label: str,
 ) -> dict[str, Any]:
+    """`label`: the answer (the out-of-scope label when out of scope) or, with top_k > 1,
+    the known labels ranked (like `/predict`'s `top`); `out_of_scope`: BOOL per text."""
+    probs, outside = scored.probabilities, scored.out_of_scope
     n = len(request["texts"])
     k = min(request["top_k"], len(labels))
     outputs = []
     if "label" in request["outputs"]:
         order = np.argsort(-probs, axis=1)[:, :k]
-        data = [labels[int(j)] for row in order for j in row]
+        if request["top_k"] == 1:
+            data = [
+                out_of_scope_label if o else labels[int(row[0])]
+                for row, o in zip(order, outside.tolist(), strict=True)
+            ]
+        else:
+            data = [labels[int(j)] for row in order for j in row]
         shape = [n] if request["top_k"] == 1 else [n, k]
         outputs.append({"name": "label", "datatype": "BYTES", "shape": shape, "data": data})
     if "probabilities" in request["outputs"]:
@@ -163,6 +175,10 @@ def infer_response(
                 "shape": [n, len(labels)],
                 "data": [round(float(x), 7) for x in probs.astype(np.float32).ravel()],
             }
+        )
+    if "out_of_scope" in request["outputs"]:
+        outputs.append(
+            {"name": "out_of_scope", "datatype": "BOOL", "shape": [n], "data": outside.tolist()}
         )
     answer: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": outputs}
     if request.get("id") is not None:

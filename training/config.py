@@ -101,6 +101,11 @@ class TrainConfig:
     # training/promotion.py), always (skip the gate); True means auto
     promote: Literal["never", "auto", "always"] | bool = "never"
     promotion_tolerance: float = 0.0  # macro-F1 a challenger may lose and still pass the gate
+    # out-of-scope answers (training/out_of_scope.py): examples labeled `out_of_scope_label`
+    # are no class; the threshold keeps `out_of_scope_target_recall` of in-scope texts
+    out_of_scope: Literal["auto", "off"] = "auto"
+    out_of_scope_label: str = "out_of_scope"
+    out_of_scope_target_recall: float = 0.95
     cache_dir: Path | None = None  # embedding cache; None: <registry root>/.cache
     thresholds: PolicyThresholds = field(default_factory=PolicyThresholds)
 
@@ -143,6 +148,21 @@ class TrainConfig:
             self.quantize,
         )
         _require(self.parity_tolerance > 0, "parity_tolerance", "> 0", self.parity_tolerance)
+        _require(
+            self.out_of_scope in ("auto", "off"), "out_of_scope", "auto or off", self.out_of_scope
+        )
+        _require(
+            0.5 <= self.out_of_scope_target_recall <= 0.999,
+            "out_of_scope_target_recall",
+            "between 0.5 and 0.999",
+            self.out_of_scope_target_recall,
+        )
+        _require(
+            bool(self.out_of_scope_label.strip()),
+            "out_of_scope_label",
+            "a non-empty label",
+            self.out_of_scope_label,
+        )
         _require(self.threads is None or self.threads >= 1, "threads", ">= 1 or None", self.threads)
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from models import ClassMetrics, Metrics
-from models._inference import predict_logits, predict_proba, unpadded
+from models._inference import run, softmax, unpadded
 
 
 def compute_metrics(
@@ -71,27 +71,28 @@ class OnnxRunner:
         self.temperature = temperature
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        return self._chunks(texts, batch_size, logits=False)
+        """Calibrated probabilities (by `temperature`), as served."""
+        if self.temperature == 1.0:
+            return self.outputs(texts, ("probabilities",), batch_size)[0]
+        return softmax(self.predict_logits(texts, batch_size) / self.temperature)
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        return self._chunks(texts, batch_size, logits=True)
+        return self.outputs(texts, ("logits",), batch_size)[0]
 
-    def _chunks(self, texts: Sequence[str], batch_size: int, *, logits: bool) -> np.ndarray:
-        outputs = []
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            if logits:
-                outputs.append(
-                    predict_logits(self.session, self.tokenizer, chunk, pad_id=self.pad_id)
-                )
-            else:
-                outputs.append(
-                    predict_proba(
-                        self.session,
-                        self.tokenizer,
-                        chunk,
-                        pad_id=self.pad_id,
-                        temperature=self.temperature,
-                    )
-                )
-        return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+    def outputs(
+        self, texts: Sequence[str], names: Sequence[str], batch_size: int = 64
+    ) -> list[np.ndarray]:
+        """The graph's named outputs, run in chunks of `batch_size` texts."""
+        chunks = [
+            run(
+                self.session,
+                self.tokenizer,
+                texts[i : i + batch_size],
+                pad_id=self.pad_id,
+                outputs=names,
+            )
+            for i in range(0, len(texts), batch_size)
+        ]
+        if not chunks:
+            return [np.zeros((0, 0), np.float32) for _ in names]
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]

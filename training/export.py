@@ -19,7 +19,9 @@ from training.evaluate import OnnxRunner
 log = logging.getLogger(__name__)
 
 INPUT_NAMES = ["input_ids", "attention_mask"]
-OUTPUT_NAMES = ["probabilities", "logits"]  # never "embedding": ORT rejects duplicate names
+# "pooled": the sentence embedding, read by the out-of-scope detector (never "embedding":
+# ORT rejects duplicate names)
+OUTPUT_NAMES = ["probabilities", "logits", "pooled"]
 
 
 class ExportError(RuntimeError):
@@ -179,10 +181,23 @@ def _eager_attention(encoder):
                 encoder.set_attn_implementation(previous)
 
 
+class _Served(torch.nn.Module):
+    """The classifier as served: probabilities, logits and the pooled embedding."""
+
+    def __init__(self, model: SentenceClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        pooled = self.model.embed(input_ids, attention_mask)
+        logits = self.model.head(pooled.to(self.model.head.weight.dtype))
+        return torch.softmax(logits, dim=-1), logits, pooled
+
+
 def _export(model: SentenceClassifier, sample, onnx_path: Path, opset: int) -> None:
     with _eager_attention(model.encoder):
         torch.onnx.export(
-            model,
+            _Served(model).eval(),
             (sample["input_ids"], sample["attention_mask"]),
             str(onnx_path),
             input_names=INPUT_NAMES,
@@ -192,6 +207,7 @@ def _export(model: SentenceClassifier, sample, onnx_path: Path, opset: int) -> N
                 "attention_mask": {0: "batch", 1: "sequence"},
                 "probabilities": {0: "batch"},
                 "logits": {0: "batch"},
+                "pooled": {0: "batch"},
             },
             opset_version=opset,
             dynamo=False,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from models import BackboneInfo, DataSummary, Metrics, ModelMetadata, Registry
+from models import BackboneInfo, DataSummary, Metrics, ModelMetadata, OutOfScope, Registry
 from models.data import Dataset
 from training.policy import Decision
 from training.strategies import Workbench
@@ -37,6 +37,7 @@ def package(
     trained: Trained,
     *,
     dataset: Dataset,
+    outside: Dataset,
     test: Dataset | None,
     registry: Registry,
     started: float,
@@ -82,6 +83,7 @@ def package(
             fitted_on = "out-of-fold training + validation"
         calibration = calibrate(logits, y, fitted_on=fitted_on)
         runner.temperature = calibration.temperature
+        out_of_scope = _out_of_scope(bench, trained, runner, outside, staging.path)
 
         def score(ds: Dataset, graph: Any = None) -> Metrics:
             probs = (graph or runner).predict_proba(list(ds.texts))
@@ -150,6 +152,7 @@ def package(
                 validation_count=len(bench.val_set),
                 duplicates_dropped=dataset.duplicates_dropped,
                 conflicts=len(dataset.conflicts),
+                out_of_scope_count=len(outside),
             ),
             metrics=metrics,
             test_metrics=test_metrics,
@@ -158,6 +161,7 @@ def package(
             quantized=quantization is not None and quantization.served_on_cpu,
             quantization=quantization,
             calibration=calibration,
+            out_of_scope=out_of_scope,
             parent_version=parent,
         )
         report("publishing", 0.5, "writing the version")
@@ -165,3 +169,49 @@ def package(
     except BaseException:
         registry.discard(staging)
         raise
+
+
+def _out_of_scope(
+    bench: Workbench, trained: Trained, runner: Any, outside: Dataset, folder: Path
+) -> OutOfScope:
+    """The version's out-of-scope detector (training/out_of_scope.py), its parameters written
+    next to the graph. The pooled embeddings are the exported graph's (a probe kept as it is
+    reuses the training split's cached ones: the same frozen encoder)."""
+    from models._detector import DETECTOR_FILE
+    from training.out_of_scope import choose, evidence
+
+    config = bench.config
+    if config.out_of_scope == "off":
+        return OutOfScope(method="off", label=config.out_of_scope_label, reason="out_of_scope: off")
+    bench.report("evaluating", 0.1, "choosing the out-of-scope threshold")
+    frozen = trained.strategy == "feature_extraction" and bench.x_train is not None
+    if frozen and len(bench.x_train) == len(bench.train_set):
+        x_train = bench.x_train
+    else:
+        x_train = runner.outputs(list(bench.train_set.texts), ("pooled",))[0]
+    logits_val, x_val = runner.outputs(list(bench.val_set.texts), ("logits", "pooled"))
+    oos_logits = oos_pooled = None
+    if len(outside):
+        oos_logits, oos_pooled = runner.outputs(list(outside.texts), ("logits", "pooled"))
+    oof = bench.head.oof_logits if frozen and bench.head is not None else None
+    detector, gaussian = choose(
+        evidence(
+            x_train=x_train,
+            y_train=bench.y_train,
+            x_val=x_val,
+            y_val=bench.y_val,
+            logits_val=logits_val,
+            oof_logits=oof,
+            seed=config.seed,
+        ),
+        label=config.out_of_scope_label,
+        target_recall=config.out_of_scope_target_recall,
+        temperature=runner.temperature,
+        classes=len(bench.labels),
+        seed=config.seed,
+        oos_pooled=oos_pooled,
+        oos_logits=oos_logits,
+    )
+    if detector.method == "mahalanobis":
+        gaussian.save(folder / DETECTOR_FILE)
+    return detector

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from models import ModelMetadata, Registry, validate_model_name
-from models.data import DataError, Dataset, load_dataset, stratified_split
+from models.data import DataError, Dataset, load_dataset, set_aside, stratified_split
 from training.config import TrainConfig
 from training.packaging import Trained, package
 from training.policy import Decision, adapts_anyway, decide
@@ -32,10 +32,11 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     promotion_reason: str | None = None  # when the config asked to promote: why it did or not
+    outside: Dataset | None = None  # the out-of-scope examples (no class), for the gate
 
 
-def _as_dataset(data: Dataset | str | Path | Iterable[Any]) -> Dataset:
-    return data if isinstance(data, Dataset) else load_dataset(data)
+def _as_dataset(data: Dataset | str | Path | Iterable[Any], *, check: bool = True) -> Dataset:
+    return data if isinstance(data, Dataset) else load_dataset(data, check_classes=check)
 
 
 def _select_device(choice: str):
@@ -73,7 +74,8 @@ def train(
     started = time.perf_counter()
 
     report("validating", 0.0, "checking examples")
-    dataset = _as_dataset(data)
+    # examples with the out-of-scope label are no class: they choose and check the detector
+    dataset, outside = set_aside(_as_dataset(data, check=False), config.out_of_scope_label)
     test = _as_dataset(test_data) if test_data is not None else None
     train_set, val_set = stratified_split(dataset, config.validation_fraction, config.seed)
     labels = dataset.classes
@@ -81,7 +83,10 @@ def train(
         unknown = sorted(set(test.labels) - set(labels))
         if unknown:
             raise DataError([f"test data has labels not in the training data: {unknown[:10]}"])
-    report("validating", 1.0, f"{len(dataset)} examples, {len(labels)} classes")
+    described = f"{len(dataset)} examples, {len(labels)} classes"
+    if len(outside):
+        described += f", {len(outside)} out of scope"
+    report("validating", 1.0, described)
 
     bench = _workbench(config, report, registry, labels, train_set, val_set)
     decision = decide(
@@ -97,6 +102,7 @@ def train(
         bench,
         trained,
         dataset=dataset,
+        outside=outside,
         test=test,
         registry=registry,
         started=started,
@@ -107,7 +113,12 @@ def train(
         from training.promotion import promote_candidate
 
         promotion = promote_candidate(
-            registry, metadata, val_set, mode=config.promote, tolerance=config.promotion_tolerance
+            registry,
+            metadata,
+            val_set,
+            mode=config.promote,
+            tolerance=config.promotion_tolerance,
+            outside=outside,
         )
     report("done", 1.0, f"published {metadata.version}")
     log.info(
@@ -127,6 +138,7 @@ def train(
         trained.timings,
         trained.details,
         promotion.reason if promotion is not None else None,
+        outside,
     )
 
 

@@ -3,7 +3,9 @@ candidate, or goes to shadow. The service's trainer, `refit worker` (through it)
 train --promote` and the first start all come here.
 
 The gate: a challenger is promoted when its validation macro-F1 is not below the
-champion's (production's, scored on the *same* held-out examples) minus a tolerance;
+champion's (production's, scored on the *same* held-out examples) minus a tolerance and,
+when the data has out-of-scope examples, its out-of-scope recall on them is not below the
+champion's minus the same tolerance (a champion without a detector answers none of them);
 `always` skips the comparison (`refit train --force`), `never` keeps a candidate.
 """
 
@@ -25,6 +27,31 @@ class Outcome:
     reason: str
     champion_version: str | None
     champion: Metrics | None
+
+
+def champion_out_of_scope_recall(registry: Registry, name: str, texts: list[str]) -> float | None:
+    """The share of `texts` production answers out of scope (None: no production)."""
+    from models._detector import Detector
+    from models._inference import score
+    from training.evaluate import OnnxRunner
+
+    try:
+        mv = registry.verify(name, "production")
+    except (RegistryError, LookupError):
+        return None
+    detector = Detector.for_version(mv.metadata.out_of_scope, mv.path)
+    if detector is None or not texts:
+        return 0.0
+    runner = OnnxRunner(mv.onnx_path, mv.path / "tokenizer.json")
+    scored = score(
+        runner.session,
+        runner.tokenizer,
+        texts,
+        pad_id=runner.pad_id,
+        temperature=mv.metadata.temperature,
+        detector=detector,
+    )
+    return float(scored.out_of_scope.mean())
 
 
 def champion_metrics(
@@ -80,6 +107,7 @@ def promote_candidate(
     tolerance: float = 0.0,
     via_shadow: bool = False,
     shadow_note: str = "",
+    outside: Dataset | None = None,
 ) -> Outcome:
     """Score production on the candidate's validation examples, apply the gate, and move the
     aliases: production (promoted), shadow (`mode="shadow"`, or `via_shadow` with `auto`,
@@ -91,6 +119,30 @@ def promote_candidate(
     promoted, why = gate(
         "auto" if mode == "shadow" else mode, candidate.metrics, champion, tolerance
     )
+    oos = candidate.out_of_scope
+    evidence = oos.evidence if oos is not None else None
+    if (
+        promoted
+        and mode != "always"
+        and champion is not None
+        and outside is not None
+        and len(outside)
+    ):
+        theirs = champion_out_of_scope_recall(registry, name, list(outside.texts)) or 0.0
+        ours = (
+            evidence.out_of_scope_recall
+            if evidence is not None and evidence.source == "out_of_scope_examples"
+            else 0.0
+        ) or 0.0
+        if ours < theirs - tolerance:
+            promoted = False
+            why = (
+                f"challenger out-of-scope recall {ours:.4f} < champion {theirs:.4f}"
+                f" - tolerance {tolerance:g} on {len(outside)} out-of-scope examples"
+                " (macro-F1 passed): kept as a candidate"
+            )
+        else:
+            why += f"; out-of-scope recall {ours:.4f} vs champion {theirs:.4f}"
     if promoted and shadow:
         registry.shadow(name, candidate.version)
         return Outcome(False, True, why + shadow_note, champion_version, champion)

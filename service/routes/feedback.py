@@ -40,11 +40,16 @@ def feedback(ctx: Ctx, body: FeedbackRequest) -> Any:
 @router.get("/feedback/uncertain", responses=error_responses(401))
 @private
 def uncertain(ctx: Ctx, limit: int = 50) -> dict[str, Any]:
-    """The newest low-confidence inputs, for labeling (auth required). The text is kept
-    only with REFIT_STORE_UNCERTAIN_TEXTS=true; otherwise its sha256."""
+    """The inputs worth labeling (auth required): those answered out of scope first, then
+    the newest low-confidence ones. The text is kept only with
+    REFIT_STORE_UNCERTAIN_TEXTS=true; otherwise its sha256."""
     limit = max(1, min(limit, 1000))
+    model = ctx.holder.model
+    oos = model.out_of_scope_label if model is not None and model.detector else None
     return {
         "threshold": ctx.settings.uncertain_below,
         "texts_stored": ctx.settings.store_uncertain_texts,
-        "inputs": ctx.store.telemetry.uncertain(ctx.settings.model_name, limit),
+        "inputs": ctx.store.telemetry.uncertain(
+            ctx.settings.model_name, limit, out_of_scope_label=oos
+        ),
     }

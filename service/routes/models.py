@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -115,8 +116,25 @@ def put_settings(ctx: Ctx, name: str, body: ModelSettings) -> Any:
             "feature_extraction_below must not exceed fine_tuning_at"
             f" ({effective['feature_extraction_below']} > {effective['fine_tuning_at']})",
         )
+    label = changes.get("out_of_scope_label")
+    if label is not None:
+        _check_out_of_scope_label(ctx, name, label)
     ctx.store.model_settings.update(name, changes)
     return {"model": name, **ctx.effective_settings(name)}
+
+
+def _check_out_of_scope_label(ctx: Context, name: str, label: str) -> None:
+    """The out-of-scope label must not be one of the model's classes (in its stored
+    examples or its production version): those examples would silently stop being one."""
+    classes = {y for _, y in ctx.store.examples.dataset(name)}
+    with contextlib.suppress(LookupError, RegistryError):
+        production = ctx.registry.resolve(name, "production")
+        classes |= set(ctx.registry.get(name, production).metadata.labels)
+    if label in classes:
+        raise BadRequest(
+            f"out_of_scope_label {label!r} is a class of model {name!r}",
+            fix="choose a name that is no class (default: out_of_scope)",
+        )
 
 
 @router.post("/models/rollback", responses=error_responses(401, 409, 413, 503))

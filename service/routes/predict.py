@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 
 from models import CorruptVersionError, RegistryError, RegistryUnavailable, validate_model_name
 from service import v2
 from service.auth import public
 from service.context import Context, Ctx
+from service.dataplane import shadow_label
 from service.errors import ApiError, NotFound, Unavailable, retry_later
 from service.pool import ModelLoadError, UnknownModel
 from service.schemas import error_responses
@@ -92,9 +92,12 @@ async def _infer(ctx: Context, name: str, version: str | None, request: Request)
     texts = parsed["texts"]
     try:
         ctx.dataplane.check(texts, parsed["top_k"])
-        served, probs, _, _ = await ctx.dataplane.infer(texts, name, version)
+        served, scored, _, _ = await ctx.dataplane.infer(texts, name, version)
     except ApiError as refused:
         return refused.response(bare=True)
-    for row in probs:
-        ctx.dataplane.counter(served, served.labels[int(np.argmax(row))]).inc()
-    return v2.infer_response(parsed, name, served.version, served.labels, probs)
+    best = scored.probabilities.argmax(axis=1).tolist()
+    for j, outside in zip(best, scored.out_of_scope.tolist(), strict=True):
+        ctx.dataplane.counter(served, shadow_label(served, j, outside)).inc()
+    return v2.infer_response(
+        parsed, name, served.version, served.labels, scored, served.out_of_scope_label
+    )

@@ -82,16 +82,27 @@ class TelemetryStore:
                 {"m": model, "keep": UNCERTAIN_KEPT},
             )
 
-    def uncertain(self, model: str, limit: int) -> list[dict[str, Any]]:
+    def uncertain(
+        self, model: str, limit: int, *, out_of_scope_label: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest inputs worth a label, those answered `out_of_scope_label` first."""
         with self.db.read() as db:
             rows = db.execute(
                 sa.text(
                     "SELECT version, label, score, text_sha256, text, created_at FROM uncertain "
-                    "WHERE model=:m ORDER BY id DESC LIMIT :n"
+                    "WHERE model=:m ORDER BY CASE WHEN label=:oos THEN 0 ELSE 1 END, id DESC"
+                    " LIMIT :n"
                 ),
-                {"m": model, "n": limit},
+                {"m": model, "n": limit, "oos": out_of_scope_label},
             ).mappings()
-            return [dict(r) for r in rows]
+            return [
+                {
+                    **r,
+                    "out_of_scope": out_of_scope_label is not None
+                    and r["label"] == out_of_scope_label,
+                }
+                for r in rows
+            ]
 
     def add_predictions(self, rows: Sequence[tuple[Any, ...]], *, keep: int) -> None:
         """`(id, model, version, label, score, created_at[, shadow_version, shadow_label,

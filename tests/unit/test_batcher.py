@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models._inference import Scored
 from service.batcher import MicroBatcher
 
 
@@ -18,12 +19,12 @@ class RecordingModel:
     calls: list[int] = field(default_factory=list)
     delay: float = 0.0
 
-    def predict_proba(self, texts):
+    def score(self, texts):
         self.calls.append(len(texts))
         time.sleep(self.delay)
         out = np.zeros((len(texts), 3), dtype=np.float32)
         out[np.arange(len(texts)), [len(t) % 3 for t in texts]] = 1.0
-        return out
+        return Scored(out, np.asarray([t.startswith("?") for t in texts]))
 
 
 class Holder:
@@ -59,9 +60,9 @@ def test_concurrent_requests_share_one_call_and_keep_their_order() -> None:
 
     texts, results = run(go())
     assert model.calls == [1, 6]  # the three requests queued during the first call: one call
-    for sent, (served, probs) in zip(texts, results, strict=True):
+    for sent, (served, scored) in zip(texts, results, strict=True):
         assert served is model
-        assert probs.argmax(axis=1).tolist() == [len(t) % 3 for t in sent]
+        assert scored.probabilities.argmax(axis=1).tolist() == [len(t) % 3 for t in sent]
 
 
 def test_a_lone_client_is_not_delayed() -> None:
@@ -90,4 +91,5 @@ def test_one_batch_one_version_across_a_swap() -> None:
 
     (m1, _), (m2, p2) = run(go())
     assert (m1.version, m2.version) == ("v1", "v2")
-    assert p2.shape == (2, 3)
+    assert p2.probabilities.shape == (2, 3)
+    assert p2.out_of_scope.tolist() == [False, False]
