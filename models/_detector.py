@@ -28,10 +28,14 @@ METHODS = ("max_probability", "mahalanobis")
 
 @dataclass(frozen=True)
 class Gaussian:
-    """Class means and a whitening matrix W (W Wᵀ = the inverse covariance)."""
+    """Class means, a whitening matrix W (W Wᵀ = the inverse covariance) and per class the
+    mean squared distance of its own examples: a distance counts relative to its class's
+    spread, so a broad class ("trivia questions") is not out of scope everywhere but at
+    its centre while a tight one ("card arrival") stays tight."""
 
     means: np.ndarray  # (classes, dim), already multiplied by W
     whiten: np.ndarray  # (dim, dim)
+    spread: np.ndarray | None = None  # (classes,); None: 1 for every class
 
     def distances(self, pooled: np.ndarray) -> np.ndarray:
         """Squared distance of each row to every class mean: (n, classes)."""
@@ -40,16 +44,23 @@ class Gaussian:
         return np.maximum(d2 + (self.means * self.means).sum(1)[None, :], 0.0)
 
     def score(self, pooled: np.ndarray) -> np.ndarray:
-        return self.distances(pooled).min(axis=1)
+        d2 = self.distances(pooled)
+        if self.spread is not None:
+            d2 = d2 / self.spread[None, :]
+        return d2.min(axis=1)
 
     def save(self, path: Path) -> None:
+        arrays = {"means": self.means, "whiten": self.whiten}
+        if self.spread is not None:
+            arrays["spread"] = self.spread
         with open(path, "wb") as f:
-            np.savez(f, means=self.means.astype(np.float32), whiten=self.whiten.astype(np.float32))
+            np.savez(f, **{k: v.astype(np.float32) for k, v in arrays.items()})
 
     @classmethod
     def load(cls, path: Path) -> Gaussian:
         with np.load(path, allow_pickle=False) as data:
-            return cls(means=data["means"], whiten=data["whiten"])
+            spread = data["spread"] if "spread" in data.files else None
+            return cls(means=data["means"], whiten=data["whiten"], spread=spread)
 
 
 @dataclass(frozen=True)

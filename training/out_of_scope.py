@@ -31,13 +31,15 @@ from models._inference import softmax
 
 FOLD_SHARE = 0.25  # share of classes left out per simulated fold (the literature's 75% known)
 MAX_FOLDS = 4
+SPREAD_FLOOR = 0.25  # a class's spread is at least this share of the median class's
 CROSS_FOLDS = 5  # cross-fitting of the Gaussian when the training split is evidence too
 SHRINKAGE_FLOOR = 1e-6
 
 
 def fit_gaussian(x: np.ndarray, y: np.ndarray, classes: int | np.ndarray) -> Gaussian:
     """Class means and a Ledoit-Wolf shrunk shared covariance of the within-class residuals,
-    returned as a whitening matrix (so serving is two matrix products)."""
+    returned as a whitening matrix (so serving is two matrix products), and each class's
+    spread (its examples' mean squared distance, relative to the median class's)."""
     from sklearn.covariance import LedoitWolf
 
     ids = np.arange(classes) if np.isscalar(classes) else np.asarray(classes)
@@ -47,7 +49,11 @@ def fit_gaussian(x: np.ndarray, y: np.ndarray, classes: int | np.ndarray) -> Gau
     covariance = LedoitWolf(assume_centered=True).fit(residuals).covariance_
     covariance += SHRINKAGE_FLOOR * np.eye(len(covariance))
     whiten = np.linalg.cholesky(np.linalg.inv(covariance))
-    return Gaussian(means=(means @ whiten).astype(np.float32), whiten=whiten.astype(np.float32))
+    plain = Gaussian(means=(means @ whiten).astype(np.float32), whiten=whiten.astype(np.float32))
+    own = plain.distances(x)[np.arange(len(x)), np.searchsorted(ids, y)]
+    spread = np.array([own[y == c].mean() for c in ids])
+    spread = np.maximum(spread, SPREAD_FLOOR * np.median(spread))  # one-example classes
+    return Gaussian(plain.means, plain.whiten, (spread / np.median(spread)).astype(np.float32))
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
