@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             threads=None,  # all cores: the command line is not sharing them with a service
         )
         dataset = load_dataset(args.data, check_classes=False)  # out-of-scope rows: train()
-        test = load_dataset(args.test) if args.test else None
+        test = load_dataset(args.test, check_classes=False) if args.test else None
     except (DataError, ValueError) as exc:
         err(str(exc))
         return EXIT_BAD_INPUT

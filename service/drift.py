@@ -50,6 +50,11 @@ def drift_report(
     predictions, and for versions validated on fewer than `MIN_REFERENCE` examples."""
     n = sum(counts.values())
     ref, source = reference(meta)
+    detector = (
+        meta.out_of_scope if meta.out_of_scope and meta.out_of_scope.method != "off" else None
+    )
+    # out-of-scope answers have their own signal below; the label mix is the known labels'
+    known = {k: v for k, v in counts.items() if detector is None or k != detector.label}
     live_conf = confidence_sum / n if n else None
     ref_conf = meta.metrics.mean_confidence
     enough = n >= min_predictions and sum(ref.values()) >= MIN_REFERENCE
@@ -67,7 +72,7 @@ def drift_report(
         "version": meta.version,
         "predictions": n,
         "min_predictions": min_predictions,
-        "label_js_divergence": round(js_divergence(counts, ref), 4) if enough else None,
+        "label_js_divergence": round(js_divergence(known, ref), 4) if enough else None,
         "reference": source,
         "reference_count": sum(ref.values()),
         "live_mean_confidence": round(live_conf, 4) if live_conf is not None else None,

@@ -31,7 +31,8 @@ from models._inference import softmax
 
 FOLD_SHARE = 0.25  # share of classes left out per simulated fold (the literature's 75% known)
 MAX_FOLDS = 4
-SPREAD_FLOOR = 0.25  # a class's spread is at least this share of the median class's
+SPREAD_PRIOR = 4.0  # pseudo-examples of the overall spread in each class's
+SPREAD_FLOOR = 0.25  # a class's spread is at least this share of the overall one
 CROSS_FOLDS = 5  # cross-fitting of the Gaussian when the training split is evidence too
 SHRINKAGE_FLOOR = 1e-6
 
@@ -39,21 +40,29 @@ SHRINKAGE_FLOOR = 1e-6
 def fit_gaussian(x: np.ndarray, y: np.ndarray, classes: int | np.ndarray) -> Gaussian:
     """Class means and a Ledoit-Wolf shrunk shared covariance of the within-class residuals,
     returned as a whitening matrix (so serving is two matrix products), and each class's
-    spread (its examples' mean squared distance, relative to the median class's)."""
+    spread (its examples' mean squared distance, relative to the overall one). Only the
+    classes with rows in `y` get a mean (a fold may hold none of a small class)."""
     from sklearn.covariance import LedoitWolf
 
     ids = np.arange(classes) if np.isscalar(classes) else np.asarray(classes)
+    present = np.asarray([c for c in ids if np.any(y == c)])  # a class absent here: no mean
     x = np.asarray(x, dtype=np.float64)
-    means = np.stack([x[y == c].mean(axis=0) for c in ids])
-    residuals = x - means[np.searchsorted(ids, y)]
-    covariance = LedoitWolf(assume_centered=True).fit(residuals).covariance_
+    index = np.searchsorted(present, y)
+    means = np.stack([x[y == c].mean(axis=0) for c in present])
+    covariance = LedoitWolf(assume_centered=True).fit(x - means[index]).covariance_
     covariance += SHRINKAGE_FLOOR * np.eye(len(covariance))
     whiten = np.linalg.cholesky(np.linalg.inv(covariance))
     plain = Gaussian(means=(means @ whiten).astype(np.float32), whiten=whiten.astype(np.float32))
-    own = plain.distances(x)[np.arange(len(x)), np.searchsorted(ids, y)]
-    spread = np.array([own[y == c].mean() for c in ids])
-    spread = np.maximum(spread, SPREAD_FLOOR * np.median(spread))  # one-example classes
-    return Gaussian(plain.means, plain.whiten, (spread / np.median(spread)).astype(np.float32))
+    own = plain.distances(x)[np.arange(len(x)), index].astype(np.float64)
+    # a class's spread: its examples' squared distance to their own mean (n - 1 degrees of
+    # freedom: in-sample distances are low by (n - 1) / n), shrunk toward the overall spread
+    # by SPREAD_PRIOR pseudo-examples so a class of one or two examples gets the overall one
+    free = np.asarray([np.sum(y == c) - 1 for c in present], dtype=np.float64)
+    sums = np.asarray([own[y == c].sum() for c in present])
+    overall = sums.sum() / free.sum() if free.sum() > 0 and sums.sum() > 0 else 1.0
+    spread = (sums + SPREAD_PRIOR * overall) / (free + SPREAD_PRIOR)
+    spread = np.maximum(spread, SPREAD_FLOOR * overall) / overall
+    return Gaussian(plain.means, plain.whiten, spread.astype(np.float32))
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -98,7 +107,11 @@ def evidence(
     x = np.vstack([x_train, x_val])
     y = np.concatenate([y_train, y_val])
     if oof_logits is not None:
-        fold = np.random.default_rng(seed).permutation(len(y)) % CROSS_FOLDS
+        rng = np.random.default_rng(seed)
+        fold = np.empty(len(y), dtype=int)
+        for c in np.unique(y):  # stratified: a class's rows spread over the folds
+            rows = rng.permutation(np.flatnonzero(y == c))
+            fold[rows] = (np.arange(len(rows)) + rng.integers(CROSS_FOLDS)) % CROSS_FOLDS
         return Evidence(x, y, np.ones(len(y), bool), fold, np.vstack([oof_logits, logits_val]))
     fold = np.r_[np.full(len(y_train), -1), np.zeros(len(y_val), int)]
     return Evidence(

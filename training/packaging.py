@@ -83,7 +83,6 @@ def package(
             fitted_on = "out-of-fold training + validation"
         calibration = calibrate(logits, y, fitted_on=fitted_on)
         runner.temperature = calibration.temperature
-        out_of_scope = _out_of_scope(bench, trained, runner, outside, staging.path)
 
         def score(ds: Dataset, graph: Any = None) -> Metrics:
             probs = (graph or runner).predict_proba(list(ds.texts))
@@ -115,6 +114,20 @@ def package(
                 int8=score_graph(staging.path / INT8_FILE, bench.val_set),
                 staging=staging.path,
             )
+        # the detector is chosen on the graph CPU serves (int8 moves the embedding a little)
+        int8_served = quantization is not None and quantization.served_on_cpu
+        served = (
+            OnnxRunner(
+                staging.path / INT8_FILE,
+                staging.path / "tokenizer.json",
+                temperature=runner.temperature,
+            )
+            if int8_served
+            else runner
+        )
+        out_of_scope = _out_of_scope(
+            bench, trained, served, outside, staging.path, cached=not int8_served
+        )
         report(
             "evaluating",
             0.5 if test is not None else 1.0,
@@ -172,11 +185,17 @@ def package(
 
 
 def _out_of_scope(
-    bench: Workbench, trained: Trained, runner: Any, outside: Dataset, folder: Path
+    bench: Workbench,
+    trained: Trained,
+    runner: Any,
+    outside: Dataset,
+    folder: Path,
+    *,
+    cached: bool,
 ) -> OutOfScope:
     """The version's out-of-scope detector (training/out_of_scope.py), its parameters written
-    next to the graph. The pooled embeddings are the exported graph's (a probe kept as it is
-    reuses the training split's cached ones: the same frozen encoder)."""
+    next to the graph. The pooled embeddings are the served graph's (a probe kept as it is
+    served in fp32 reuses the training split's cached ones: the same frozen encoder)."""
     from models._detector import DETECTOR_FILE
     from training.out_of_scope import choose, evidence
 
@@ -185,7 +204,7 @@ def _out_of_scope(
         return OutOfScope(method="off", label=config.out_of_scope_label, reason="out_of_scope: off")
     bench.report("evaluating", 0.1, "choosing the out-of-scope threshold")
     frozen = trained.strategy == "feature_extraction" and bench.x_train is not None
-    if frozen and len(bench.x_train) == len(bench.train_set):
+    if frozen and cached and len(bench.x_train) == len(bench.train_set):
         x_train = bench.x_train
     else:
         x_train = runner.outputs(list(bench.train_set.texts), ("pooled",))[0]

@@ -76,7 +76,9 @@ def train(
     report("validating", 0.0, "checking examples")
     # examples with the out-of-scope label are no class: they choose and check the detector
     dataset, outside = set_aside(_as_dataset(data, check=False), config.out_of_scope_label)
-    test = _as_dataset(test_data) if test_data is not None else None
+    test = None
+    if test_data is not None:  # its out-of-scope rows are no class either
+        test, _ = set_aside(_as_dataset(test_data, check=False), config.out_of_scope_label)
     train_set, val_set = stratified_split(dataset, config.validation_fraction, config.seed)
     labels = dataset.classes
     if test is not None:

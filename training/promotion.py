@@ -42,7 +42,7 @@ def champion_out_of_scope_recall(registry: Registry, name: str, texts: list[str]
     detector = Detector.for_version(mv.metadata.out_of_scope, mv.path)
     if detector is None or not texts:
         return 0.0
-    runner = OnnxRunner(mv.onnx_path, mv.path / "tokenizer.json")
+    runner = OnnxRunner(mv.graph_path(cuda=False, allow_int8=True), mv.path / "tokenizer.json")
     scored = score(
         runner.session,
         runner.tokenizer,
@@ -136,10 +136,16 @@ def promote_candidate(
         ) or 0.0
         if ours < theirs - tolerance:
             promoted = False
+            off = oos is None or oos.method == "off"
             why = (
                 f"challenger out-of-scope recall {ours:.4f} < champion {theirs:.4f}"
                 f" - tolerance {tolerance:g} on {len(outside)} out-of-scope examples"
                 " (macro-F1 passed): kept as a candidate"
+                + (
+                    "; its out_of_scope is off: promote it by hand to turn the detector off"
+                    if off
+                    else ""
+                )
             )
         else:
             why += f"; out-of-scope recall {ours:.4f} vs champion {theirs:.4f}"

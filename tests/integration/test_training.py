@@ -83,7 +83,7 @@ def test_exported_onnx_matches_torch_and_declares_its_interface(fe_result) -> No
     assert sum(n.op_type == "Attention" for n in graph.node) == 6
     assert not (mv.path / "model.fused.onnx").exists()
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
-    assert [o.name for o in graph.output] == ["probabilities", "logits"]
+    assert [o.name for o in graph.output] == ["probabilities", "logits", "pooled"]
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
     runner = OnnxRunner(mv.onnx_path, mv.path / "tokenizer.json")
     probs = runner.predict_proba(

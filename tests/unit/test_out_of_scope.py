@@ -124,3 +124,29 @@ def test_out_of_scope_examples_are_set_aside_and_bad_labels_refused() -> None:
         )
     with pytest.raises(DataError, match="need at least 2 classes"):
         set_aside(Dataset(("a", "b", "c"), ("x", "x", "oos")), "oos")
+
+
+@pytest.mark.parametrize("per_class,frozen", [(1, False), (2, True), (3, True)])
+def test_tiny_classes_give_finite_scores(per_class: int, frozen: bool) -> None:
+    """The smallest data the service accepts (2 per class: 1 to train on) and folds that hold
+    no row of a class still give finite scores and a threshold."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 4, (8, DIM))
+    x_train, y_train = blobs(4, centres, per_class)
+    x_val, y_val = blobs(5, centres, 1)
+    logits_val = logits_for(x_val, centres)
+    for seed in range(5):
+        ev = evidence(
+            x_train=x_train,
+            y_train=y_train,
+            x_val=x_val,
+            y_val=y_val,
+            logits_val=logits_val,
+            oof_logits=logits_for(x_train, centres) if frozen else None,
+            seed=seed,
+        )
+        detector, gaussian = choose(
+            ev, label="oos", target_recall=0.95, temperature=1.0, classes=8, seed=seed
+        )
+        assert np.isfinite(detector.threshold)
+        assert np.all(np.isfinite(gaussian.score(x_val)))

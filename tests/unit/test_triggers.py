@@ -167,6 +167,12 @@ def test_uncertain_inputs_keep_a_hash_unless_texts_are_allowed(store: Store) -> 
     newest, oldest = store.telemetry.uncertain("m", 10)
     assert newest["text"] == "labelable text" and newest["label"] == "b"
     assert oldest["text"] is None and len(oldest["text_sha256"]) == 64
+    store.telemetry.add_uncertain(
+        "m", [("v1", "oos", 0.9, "what's the weather", 0.5)], keep_text=True
+    )
+    first, *rest = store.telemetry.uncertain("m", 10, out_of_scope_label="oos")
+    assert first["label"] == "oos" and first["out_of_scope"] is True  # labeled first
+    assert [r["label"] for r in rest] == ["b", "a"] and not any(r["out_of_scope"] for r in rest)
 
 
 def test_traffic_counts_add_up_across_workers(store: Store) -> None:
@@ -208,6 +214,19 @@ def test_drift_report_needs_enough_live_and_reference_predictions() -> None:
     )
     assert report["live_mean_confidence"] == 0.7 and report["confidence_drop"] == pytest.approx(0.2)
     assert drift_report(big, {"a": 90}, 80.0, min_predictions=100)["label_js_divergence"] is None
+    assert report["live_out_of_scope_rate"] is None  # a version without a detector
+    from models import OutOfScope, OutOfScopeEvidence
+
+    detector = OutOfScope(
+        method="max_probability",
+        threshold=0.5,
+        label="oos",
+        evidence=OutOfScopeEvidence(source="none", in_scope_count=60, in_scope_recall=0.95),
+    )
+    with_oos = big.model_copy(update={"out_of_scope": detector})
+    report = drift_report(with_oos, {"a": 60, "b": 20, "oos": 20}, 70.0, min_predictions=100)
+    assert report["live_out_of_scope_rate"] == 0.2
+    assert report["validation_out_of_scope_rate"] == pytest.approx(0.05)
     small = meta({"a": 5, "b": 5})  # a 10-example validation split: no reference
     assert (
         drift_report(small, {"a": 900, "b": 100}, 700.0, min_predictions=100)["label_js_divergence"]
