@@ -8,8 +8,8 @@ covariance fitted on the training split). Evidence, in order of preference:
    AUROC between the validation split (in scope) and them wins; the threshold maximises
    in-scope recall + out-of-scope recall, with the target in-scope recall as a floor.
 2. **Simulated unknown classes** otherwise: the classes are dealt into folds of about a
-   quarter; in each fold those classes are left out of the Gaussian and masked out of the
-   softmax, and their validation examples play the unknown. The score with the higher mean
+   quarter; in each fold those classes are left out of the Gaussian and of a logistic head
+   refitted for the simulation, and their held-out examples play the unknown. The score with the higher mean
    AUROC wins; the threshold keeps `target_recall` of the validation split in scope.
 
 The threshold is always read off held-out scores: the validation split, scored by a
@@ -21,6 +21,7 @@ Everything measured goes into `metadata.json`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,10 @@ FOLD_SHARE = 0.25  # share of classes left out per simulated fold (the literatur
 MAX_FOLDS = 4
 SPREAD_PRIOR = 4.0  # pseudo-examples of the overall spread in each class's
 SPREAD_FLOOR = 0.25  # a class's spread is at least this share of the overall one
-CROSS_FOLDS = 5  # cross-fitting of the Gaussian when the training split is evidence too
+CROSS_FOLDS = 5
+HEAD_C = 10.0  # the probe's first choice on intent data (training/config.py head_c_grid)
+SIMULATION_ROWS = 4000  # rows a simulated fold's head is refitted on, at most
+SIMULATION_FOLDS = 2  # cross folds scored in the simulation (of CROSS_FOLDS)  # cross-fitting of the Gaussian when the training split is evidence too
 SHRINKAGE_FLOOR = 1e-6
 
 
@@ -131,11 +135,40 @@ def held_out_distances(ev: Evidence, known: np.ndarray) -> np.ndarray:
     return out
 
 
-def _scores(ev: Evidence, known: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
-    masked = np.full_like(ev.logits, -np.inf)
-    masked[:, known] = ev.logits[:, known]
+def held_out_max_probability(ev: Evidence, known: np.ndarray, seed: int) -> np.ndarray:
+    """The max-probability score of every held-out row by a logistic head refitted on the
+    `known` classes outside its fold. Masking the served head's logits instead would flatter
+    this score: that head was trained on the left-out classes and pushes their examples
+    away from every other class."""
+    from sklearn.linear_model import LogisticRegression
+
+    out = np.empty(int(ev.held.sum()), dtype=np.float64)
+    index = np.cumsum(ev.held) - 1
+    rng = np.random.default_rng(seed)
+    for k in np.unique(ev.fold[ev.held]):
+        train = np.flatnonzero(ev.fit & (ev.fold != k) & np.isin(ev.y, known))
+        if len(train) > SIMULATION_ROWS:
+            train = rng.choice(train, SIMULATION_ROWS, replace=False)
+        rows = ev.fold == k
+        with warnings.catch_warnings():  # 100 iterations rank the scores well enough
+            warnings.simplefilter("ignore")
+            head = LogisticRegression(C=HEAD_C, max_iter=100).fit(ev.x[train], ev.y[train])
+        out[index[rows]] = max_probability_score(head.predict_proba(ev.x[rows]))
+    return out
+
+
+def _scores(
+    ev: Evidence, known: np.ndarray, temperature: float, *, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Both scores of the held-out rows: with every class known, the served head's
+    calibrated probabilities; with classes left out, a head refitted without them."""
+    everything = len(known) == ev.logits.shape[1]
     return {
-        "max_probability": max_probability_score(softmax(masked / temperature)),
+        "max_probability": (
+            max_probability_score(softmax(ev.logits / temperature))
+            if everything
+            else held_out_max_probability(ev, known, seed)
+        ),
         "mahalanobis": held_out_distances(ev, known),
     }
 
@@ -150,6 +183,12 @@ def simulate(
     order = np.random.default_rng(seed).permutation(classes)
     per_fold = max(1, round(classes * FOLD_SHARE))
     folds = [order[i : i + per_fold] for i in range(0, classes, per_fold)][:MAX_FOLDS]
+    # the refitted heads cost ~1 s each: simulate on the first SIMULATION_FOLDS cross folds
+    # (the other folds still train every fit)
+    scored = ev.fold[ev.held] < SIMULATION_FOLDS
+    ev = Evidence(
+        ev.x, ev.y, ev.fit, np.where(ev.fold < SIMULATION_FOLDS, ev.fold, -1), ev.logits[scored]
+    )
     y = ev.y[ev.held]
     found: dict[str, list[tuple[float, float]]] = {"max_probability": [], "mahalanobis": []}
     for unknown in folds:
@@ -157,7 +196,7 @@ def simulate(
         inside = np.isin(y, known)
         if len(known) < 2 or inside.all() or not inside.any():
             continue
-        for method, s in _scores(ev, known, temperature).items():
+        for method, s in _scores(ev, known, temperature, seed=seed).items():
             threshold = float(np.quantile(s[inside], target_recall))
             found[method].append(
                 (auroc(s[inside], s[~inside]), float(np.mean(s[~inside] > threshold)))
