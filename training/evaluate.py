@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from models import ClassMetrics, Metrics
-from models._inference import run, softmax, unpadded
+from models import ClassMetrics, Metrics, ModelVersion
+from models._detector import Detector
+from models._inference import run, score, softmax, unpadded
 
 
 def compute_metrics(
@@ -96,3 +97,22 @@ class OnnxRunner:
         if not chunks:
             return [np.zeros((0, 0), np.float32) for _ in names]
         return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+
+def out_of_scope_flags(mv: ModelVersion, texts: Sequence[str]) -> np.ndarray:
+    """Which of `texts` the version answers out of scope, as CPU serving would (its served
+    graph, temperature and detector; all False for a version without a detector)."""
+    runner = OnnxRunner(
+        mv.graph_path(cuda=False, allow_int8=True),
+        mv.path / "tokenizer.json",
+        temperature=mv.metadata.temperature,
+    )
+    detector = Detector.for_version(mv.metadata.out_of_scope, mv.path)
+    return score(
+        runner.session,
+        runner.tokenizer,
+        list(texts),
+        pad_id=runner.pad_id,
+        temperature=runner.temperature,
+        detector=detector,
+    ).out_of_scope

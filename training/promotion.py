@@ -31,27 +31,13 @@ class Outcome:
 
 def champion_out_of_scope_recall(registry: Registry, name: str, texts: list[str]) -> float | None:
     """The share of `texts` production answers out of scope (None: no production)."""
-    from models._detector import Detector
-    from models._inference import score
-    from training.evaluate import OnnxRunner
+    from training.evaluate import out_of_scope_flags
 
     try:
         mv = registry.verify(name, "production")
     except (RegistryError, LookupError):
         return None
-    detector = Detector.for_version(mv.metadata.out_of_scope, mv.path)
-    if detector is None or not texts:
-        return 0.0
-    runner = OnnxRunner(mv.graph_path(cuda=False, allow_int8=True), mv.path / "tokenizer.json")
-    scored = score(
-        runner.session,
-        runner.tokenizer,
-        texts,
-        pad_id=runner.pad_id,
-        temperature=mv.metadata.temperature,
-        detector=detector,
-    )
-    return float(scored.out_of_scope.mean())
+    return float(out_of_scope_flags(mv, texts).mean()) if texts else 0.0
 
 
 def champion_metrics(

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 
 from models import Registry
-from models._detector import Detector
-from models._inference import score
 from tests.conftest import banking77_slice, read_shared
 from training import TrainConfig
-from training.evaluate import OnnxRunner
+from training.evaluate import out_of_scope_flags
 from training.pipeline import train
 
 pytestmark = pytest.mark.slow
@@ -26,17 +24,7 @@ def data(ten_classes: list[str], oos: int) -> list[tuple[str, str]]:
 
 
 def served(registry: Registry, name: str, version: str, texts: list[str]) -> np.ndarray:
-    mv = registry.get(name, version)
-    runner = OnnxRunner(mv.onnx_path, mv.path / "tokenizer.json")
-    detector = Detector.for_version(mv.metadata.out_of_scope, mv.path)
-    return score(
-        runner.session,
-        runner.tokenizer,
-        texts,
-        pad_id=runner.pad_id,
-        temperature=mv.metadata.temperature,
-        detector=detector,
-    ).out_of_scope
+    return out_of_scope_flags(registry.get(name, version), texts)
 
 
 def test_the_gate_keeps_production_s_out_of_scope_recall(tmp_path: Path, ten_classes) -> None:
