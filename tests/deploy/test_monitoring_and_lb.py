@@ -187,10 +187,19 @@ def test_prometheus_scrapes_both_replicas_loads_the_rules_and_runs_the_dashboard
     alerts = httpx.get(f"{prometheus}/api/v1/alerts").json()["data"]["alerts"]
     quiet = ("RefitNoReadyReplica", "RefitVersionSkew")
     assert not [a for a in alerts if a["state"] == "firing" and a["labels"]["alertname"] in quiet]
-    answered = 0
-    for expr in _dashboard_queries():
-        answered += bool(_query(prometheus, expr.replace("$model", ".*")))
-    assert answered >= 8  # request rate, latency, batch size, versions... have data already
+    # request rate, latency, batch size, versions... have data already; a rate() needs two
+    # scrapes after the requests, which a busy machine may not have taken yet: poll a while
+    deadline = time.monotonic() + 30
+    while True:
+        empty = [
+            expr
+            for expr in _dashboard_queries()
+            if not _query(prometheus, expr.replace("$model", ".*"))
+        ]
+        if len(_dashboard_queries()) - len(empty) >= 8 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(_dashboard_queries()) - len(empty) >= 8, empty
 
 
 def _client(lb: str, stop: threading.Event, outcomes: Counter, workers: Counter) -> None:
