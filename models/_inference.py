@@ -34,13 +34,16 @@ def unpadded(tokenizer: Any) -> int:
 @dataclass(frozen=True)
 class Scored:
     """A batch's calibrated probabilities and, per text, whether it is out of scope (all
-    False for a version without a detector)."""
+    False for a version without a detector). Multi-label versions: a sigmoid probability
+    per label, `chosen` the labels at or above their thresholds, and out of scope = none."""
 
     probabilities: np.ndarray
     out_of_scope: np.ndarray
+    chosen: np.ndarray | None = None  # (texts, labels) bool: multi-label versions only
 
     def rows(self, start: int, stop: int) -> Scored:
-        return Scored(self.probabilities[start:stop], self.out_of_scope[start:stop])
+        chosen = self.chosen[start:stop] if self.chosen is not None else None
+        return Scored(self.probabilities[start:stop], self.out_of_scope[start:stop], chosen)
 
 
 def score(
@@ -51,10 +54,17 @@ def score(
     pad_id: int,
     temperature: float = 1.0,
     detector: Detector | None = None,
+    thresholds: np.ndarray | None = None,
     bucket: int = BUCKET,
 ) -> Scored:
     """What `/predict` serves: calibrated probabilities and the out-of-scope decision, from
-    one run of the graph."""
+    one run of the graph (`thresholds`: a multi-label version's, per label)."""
+    if thresholds is not None:  # the graph's sigmoid per label, no temperature
+        probs = run(
+            session, tokenizer, texts, pad_id=pad_id, outputs=("probabilities",), bucket=bucket
+        )[0]
+        chosen = probs >= thresholds
+        return Scored(probs, ~chosen.any(axis=1), chosen)
     if detector is None:
         probs = predict_proba(
             session, tokenizer, texts, pad_id=pad_id, temperature=temperature, bucket=bucket

@@ -55,6 +55,9 @@ class Metrics(_Frozen):
     confusion: list[list[int]] | None = Field(
         None, description="rows: true label, columns: predicted label, in `labels` order"
     )
+    # multi-label versions (`accuracy` is then subset accuracy: the exact label set)
+    micro_f1: float | None = None
+    hamming_loss: float | None = Field(None, description="wrong label decisions / all decisions")
 
 
 class OnnxInfo(_Frozen):
@@ -78,8 +81,11 @@ class QuantizationReport(_Frozen):
         description="the int8 graph (None: not kept); versions before the policy replaced model.onnx",
     )
     policy: Literal["auto", "always", "legacy"] = "legacy"
-    fp32_macro_f1: float | None = Field(None, description="validation macro-F1 of model.onnx")
-    int8_macro_f1: float | None = Field(None, description="validation macro-F1 of the int8 graph")
+    metric: str = Field(
+        "macro_f1", description="what the fields below hold (micro_f1: multi-label)"
+    )
+    fp32_macro_f1: float | None = Field(None, description="validation score of model.onnx")
+    int8_macro_f1: float | None = Field(None, description="validation score of the int8 graph")
     served_on_cpu: bool = True
     reason: str = ""
 
@@ -127,6 +133,23 @@ class OutOfScope(_Frozen):
     reason: str = ""
 
 
+class MultiLabel(_Frozen):
+    """How a multi-label version decides: label j is in the answer when its sigmoid
+    probability is at least `thresholds[j]` (no label above: an empty answer)."""
+
+    thresholds: dict[str, float]
+    global_threshold: float = Field(description="for labels too rare to tune their own")
+    tuned_labels: list[str] = Field(description="labels with their own threshold")
+    tuned_on: str
+    count: int = Field(description="held-out rows the thresholds were chosen on")
+    min_tuned_positives: int
+    none_count: int = Field(0, description="training rows with no label")
+    merged_duplicates: int = Field(0, description="rows whose text was seen before (sets joined)")
+    dropped_labels: list[str] = Field(
+        default_factory=list, description="labels on fewer than 2 rows: dropped"
+    )
+
+
 class ModelMetadata(_Frozen):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -151,6 +174,8 @@ class ModelMetadata(_Frozen):
     out_of_scope: OutOfScope | None = Field(
         None, description="absent in versions made before the detector: never out of scope"
     )
+    task: Literal["single_label", "multi_label"] = "single_label"
+    multi_label: MultiLabel | None = Field(None, description="multi-label versions: thresholds")
     parent_version: str | None = None
     files: dict[str, str] = Field(
         default_factory=dict, description="sha256 of every file of the version but metadata.json"

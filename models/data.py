@@ -16,11 +16,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.text import invalid_character, normalize_text
 
+if TYPE_CHECKING:
+    from models.multilabel import MultiDataset
+
 MAX_TEXT_CHARS = 100_000
+LABEL_SEPARATOR = "|"  # between the labels of a CSV `labels` cell (multi-label)
 MAX_LABEL_CHARS = 200
 _MAX_REPORTED = 20
 LABEL_COLUMNS = ("label", "category")
@@ -40,6 +44,15 @@ class DataError(ValueError):
         more = len(self.problems) - len(shown)
         text = "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
         super().__init__(text)
+
+
+class LabelList(list):
+    """A row's `labels` field as sent (a list for multi-label data; anything else is reported
+    by the multi-label checks)."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(value if isinstance(value, list | tuple) else [])
+        self.sent = value
 
 
 @dataclass(frozen=True)
@@ -71,8 +84,8 @@ class Dataset:
         return Dataset(tuple(self.texts[i] for i in idx), tuple(self.labels[i] for i in idx))
 
 
-def _check_row(where: str, text: Any, label: Any, problems: list[str]) -> tuple[str, str] | None:
-    before = len(problems)
+def check_text(where: str, text: Any, problems: list[str]) -> str | None:
+    """The normalised text, or None with the problem appended."""
     if text is None:
         problems.append(f"{where}: missing text")
     elif not isinstance(text, str):
@@ -85,6 +98,13 @@ def _check_row(where: str, text: Any, label: Any, problems: list[str]) -> tuple[
         problems.append(f"{where}: empty text")
     elif (bad := invalid_character(text)) is not None:
         problems.append(f"{where}: text contains {bad[0]} {bad[1]}; {_FIX[bad[0]]}")
+    else:
+        return normalize_text(text)
+    return None
+
+
+def check_label(where: str, label: Any, problems: list[str]) -> str | None:
+    """The normalised label, or None with the problem appended."""
     if label is None or (isinstance(label, str) and not label.strip()):
         problems.append(f"{where}: missing label")
     elif not isinstance(label, str):
@@ -99,10 +119,17 @@ def _check_row(where: str, text: Any, label: Any, problems: list[str]) -> tuple[
         )
     elif (bad := invalid_character(label)) is not None:
         problems.append(f"{where}: label contains {bad[0]} {bad[1]}; {_FIX[bad[0]]}")
-    if len(problems) > before:
+    else:
+        return unicodedata.normalize("NFC", label).strip()
+    return None
+
+
+def _check_row(where: str, text: Any, label: Any, problems: list[str]) -> tuple[str, str] | None:
+    checked_text = check_text(where, text, problems)
+    checked_label = check_label(where, label, problems)
+    if checked_text is None or checked_label is None:
         return None
-    assert isinstance(text, str) and isinstance(label, str)
-    return normalize_text(text), unicodedata.normalize("NFC", label).strip()
+    return checked_text, checked_label
 
 
 def check_class_counts(counts: Mapping[str, int]) -> None:
@@ -181,11 +208,12 @@ def _csv_rows(
     if header is None:
         raise DataError([f"{source}: empty file; expected a header `text,label`"])
     columns = [h.strip().lower() for h in header]
-    label_col = next((c for c in LABEL_COLUMNS if c in columns), None)
+    label_col = next((c for c in (*LABEL_COLUMNS, "labels") if c in columns), None)
     if "text" not in columns or label_col is None:
         raise DataError(
             [
-                f"{source} line 1: header must name columns `text` and `label` (or `category`), found {header!r}"
+                f"{source} line 1: header must name columns `text` and `label` (or `category`;"
+                f" `labels` for label sets separated by {LABEL_SEPARATOR!r}), found {header!r}"
             ]
         )
     extra = [h for h, c in zip(header, columns, strict=True) if c not in ("text", label_col)]
@@ -204,10 +232,20 @@ def _csv_rows(
                     f"{where}: expected {len(columns)} fields, found {len(row)}; quote texts containing commas"
                 ]
             )
-        yield where, row[ti], row[li]
+        if label_col == "labels":  # a label set: `billing|login`, empty: none of them
+            yield (
+                where,
+                row[ti],
+                LabelList([x for x in row[li].split(LABEL_SEPARATOR) if x.strip()]),
+            )
+        else:
+            yield where, row[ti], row[li]
 
 
 def _mapping_row(where: str, item: Mapping[str, Any]) -> tuple[str, Any, Any]:
+    """`labels` (a list: multi-label) or `label`/`category` (one class)."""
+    if "labels" in item:
+        return where, item.get("text"), LabelList(item["labels"])
     label = item.get("label", item.get("category"))
     return where, item.get("text"), label
 
@@ -254,9 +292,10 @@ def parse_bytes(
     *,
     check_classes: bool = True,
     extra_columns: bool = True,
-) -> Dataset:
+    task: str = "auto",
+) -> Dataset | MultiDataset:
     """Parse uploaded bytes as `csv`, `jsonl` or `json`; `extra_columns=False` refuses CSV
-    columns other than text and label."""
+    columns other than text and label. Multi-label data (`labels` lists) is a `MultiDataset`."""
     text = _decode(data, source)
     if fmt == "csv":
         rows = _csv_rows(text, source, extra_columns=extra_columns)
@@ -266,15 +305,17 @@ def parse_bytes(
         rows = _json_rows(text, source)
     else:
         raise DataError([f"unsupported format {fmt!r}: use one of ['csv', 'json', 'jsonl']"])
-    return build_dataset(rows, check_classes=check_classes)
+    return build_examples(rows, check_classes=check_classes, task=task)
 
 
 def load_dataset(
     source: str | Path | Iterable[tuple[Any, Any]] | Iterable[Mapping[str, Any]],
     *,
     check_classes: bool = True,
-) -> Dataset:
-    """A CSV/JSONL/JSON file (by extension), or Python `(text, label)` pairs or dicts."""
+    task: str = "auto",
+) -> Dataset | MultiDataset:
+    """A CSV/JSONL/JSON file (by extension), or Python `(text, label)` pairs or dicts;
+    multi-label data (`labels` lists, `task="multi_label"`) is a `MultiDataset`."""
     if isinstance(source, str | Path):
         path = Path(source)
         fmt = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}.get(
@@ -288,18 +329,49 @@ def load_dataset(
             data = path.read_bytes()
         except OSError as exc:
             raise DataError([f"{path}: cannot read ({exc.strerror})"]) from None
-        return parse_bytes(data, fmt, path.name, check_classes=check_classes)
+        return parse_bytes(data, fmt, path.name, check_classes=check_classes, task=task)
 
     def rows() -> Iterable[tuple[str, Any, Any]]:
         for n, item in enumerate(source, start=1):
             if isinstance(item, Mapping):
                 yield _mapping_row(f"item {n}", item)
             elif isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2:
-                yield f"item {n}", item[0], item[1]
+                label = item[1]
+                yield f"item {n}", item[0], LabelList(label) if isinstance(label, list) else label
             else:
                 yield f"item {n}", None, None
 
-    return build_dataset(rows(), check_classes=check_classes)
+    return build_examples(rows(), check_classes=check_classes, task=task)
+
+
+def build_examples(
+    rows: Iterable[tuple[str, Any, Any]], *, check_classes: bool = True, task: str = "auto"
+) -> Dataset | MultiDataset:
+    """Single-label rows make a `Dataset`; rows with label lists (or `task="multi_label"`)
+    a `MultiDataset` (models/multilabel.py). Both kinds in one data set is refused, naming
+    the rows."""
+    from models.multilabel import build_multi_dataset, is_label_set
+
+    rows = list(rows)
+    multi = [where for where, _, label in rows if is_label_set(label)]
+    if task != "multi_label" and not multi:
+        return build_dataset(rows, check_classes=check_classes)
+    if task == "single_label":
+        raise DataError(
+            [f"{multi[0]}: a `labels` list, but task=single_label; send one `label` per row"]
+        )
+    if task != "multi_label":
+        single = [where for where, _, label in rows if not is_label_set(label)]
+        if single:
+            raise DataError(
+                [
+                    f"{where}: has one `label` while {multi[0]} has a `labels` list; a data set is"
+                    " single-label or multi-label: send `labels` lists on every row (or ask for"
+                    " task=multi_label to read a `label` as a set of one)"
+                    for where in single
+                ]
+            )
+    return build_multi_dataset(rows, check_labels=check_classes)
 
 
 def _folded(label: str) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 
 from models import InvalidModelNameError, RegistryUnavailable, validate_model_name
 from models._inference import Scored
+from models.multilabel import NO_LABEL, encode_label_set
 from models.text import FIXES, invalid_character
 from service import metrics
 from service.errors import (
@@ -151,34 +152,47 @@ class DataPlane:
         served_rows = ctx.served_ids if not shadowed else []
         rows = zip(texts, probs, top, scored.out_of_scope.tolist(), strict=True)
         for i, (text, row, order, outside) in enumerate(rows):
-            # out of scope: the model's out-of-scope label; `top` still ranks the known labels
-            best = model.out_of_scope_label if outside else model.labels[int(order[0])]
-            score = float(row[order[0]])
             prediction_id = f"{request_id}.{i}"
+            ranked = [
+                {"label": model.labels[int(j)], "score": round(float(row[j]), 6)} for j in order
+            ]
+            score = float(row[order[0]])
+            if scored.chosen is not None:  # multi-label: every label above its threshold
+                chosen = _chosen(model, row, scored.chosen[i])
+                answer = multi_answer(model, chosen)
+                traffic_key = chosen[0]["label"] if chosen else NO_LABEL
+                for label in answer_labels(model, scored, i):
+                    self.counter(model, label).inc()
+                prediction: dict[str, Any] = {
+                    "id": prediction_id,
+                    "labels": chosen,
+                    "out_of_scope": outside,
+                    "top": ranked,
+                }
+            else:
+                # out of scope: the model's out-of-scope label; `top` ranks the known labels
+                answer = model.out_of_scope_label if outside else model.labels[int(order[0])]
+                traffic_key = answer
+                self.counter(model, answer).inc()
+                prediction = {
+                    "id": prediction_id,
+                    "label": answer,
+                    "out_of_scope": outside,
+                    "score": round(score, 6),
+                    "top": ranked,
+                }
             if keep_ids or shadowed:
                 served_rows.append(
-                    (prediction_id, model.name, model.version, best, round(score, 6), now)
+                    (prediction_id, model.name, model.version, answer, round(score, 6), now)
                 )
-            self.counter(model, best).inc()
             if default:  # drift and uncertain inputs are tracked for the default model
-                seen = ctx.traffic.setdefault((model.version, best), [0, 0.0])
+                seen = ctx.traffic.setdefault((model.version, traffic_key), [0, 0.0])
                 seen[0] += 1
                 seen[1] += score
             worth_a_label = outside or score < self.settings.uncertain_below
             if default and worth_a_label and len(ctx.uncertain) < 1000:
-                ctx.uncertain.append((model.version, best, round(score, 6), text, now))
-            predictions.append(
-                {
-                    "id": prediction_id,
-                    "label": best,
-                    "out_of_scope": outside,
-                    "score": round(float(row[order[0]]), 6),
-                    "top": [
-                        {"label": model.labels[int(j)], "score": round(float(row[j]), 6)}
-                        for j in order
-                    ],
-                }
-            )
+                ctx.uncertain.append((model.version, traffic_key, round(score, 6), text, now))
+            predictions.append(prediction)
         if shadowed:
             ctx.spawn(self._shadow_score(texts, served_rows, seconds, keep_ids))
         if self.settings.log_texts:
@@ -228,10 +242,8 @@ class DataPlane:
         probs = shadow_scored.probabilities
         best = probs.argmax(axis=1)
         scored = [
-            (*row, shadow.version, shadow_label(shadow, int(j), outside), round(float(p[j]), 6))
-            for row, j, p, outside in zip(
-                rows, best, probs, shadow_scored.out_of_scope.tolist(), strict=True
-            )
+            (*row, shadow.version, shadow_answer(shadow, shadow_scored, k), round(float(p[j]), 6))
+            for k, (row, j, p) in enumerate(zip(rows, best, probs, strict=True))
         ]
         if keep:
             ctx.served_ids.extend(scored)
@@ -243,8 +255,36 @@ class DataPlane:
         ctx.shadow_latency.append((production_s, seconds))
 
 
-def shadow_label(model: LoadedModel, best: int, outside: bool) -> str:
-    return model.out_of_scope_label if outside else model.labels[best]
+def shadow_answer(model: LoadedModel, scored: Scored, k: int) -> str:
+    """Text `k`'s answer as stored beside production's (what feedback is compared with)."""
+    if scored.chosen is not None:
+        return multi_answer(model, _chosen(model, scored.probabilities[k], scored.chosen[k]))
+    if scored.out_of_scope[k]:
+        return model.out_of_scope_label
+    return model.labels[int(scored.probabilities[k].argmax())]
+
+
+def answer_labels(model: LoadedModel, scored: Scored, k: int) -> list[str]:
+    """What `refit_predictions_total` counts for text `k`: its label, each chosen label of a
+    multi-label answer, or the out-of-scope label (no label)."""
+    if scored.chosen is not None:
+        picked = [model.labels[j] for j in np.flatnonzero(scored.chosen[k])]
+        return picked or [model.out_of_scope_label]
+    if scored.out_of_scope[k]:
+        return [model.out_of_scope_label]
+    return [model.labels[int(scored.probabilities[k].argmax())]]
+
+
+def _chosen(model: LoadedModel, row: np.ndarray, chosen: np.ndarray) -> list[dict[str, Any]]:
+    """A multi-label answer: the labels at or above their thresholds, most probable first."""
+    picked = sorted(np.flatnonzero(chosen).tolist(), key=lambda j: -row[j])
+    return [{"label": model.labels[j], "score": round(float(row[j]), 6)} for j in picked]
+
+
+def multi_answer(model: LoadedModel, chosen: list[dict[str, Any]]) -> str:
+    """A multi-label answer as one stored string (feedback's `labels` are stored the same
+    way, so live accuracy and shadow judging compare whole sets: subset accuracy)."""
+    return encode_label_set(item["label"] for item in chosen)
 
 
 def check_name(name: str) -> None:

@@ -15,9 +15,16 @@ from pydantic import ValidationError
 from models.data import (
     DataError,
     Dataset,
-    build_dataset,
+    LabelList,
+    build_examples,
     check_out_of_scope_label,
     parse_bytes,
+)
+from models.multilabel import (
+    MultiDataset,
+    build_multi_dataset,
+    check_label_counts,
+    is_label_set,
 )
 from service.errors import ApiError, BadRequest, TooLarge, format_errors
 from service.schemas import RetrainOptions, RetrainRequest
@@ -52,20 +59,35 @@ def accept_retrain(
             ' ({"NAME": "/local/hf/folder"}) and restart',
         )
     check_count(len(examples), settings, split="upload")
-    dataset = validate(examples)
+    dataset = validate(examples, task=options.task)
     model = options.model or settings.model_name
-    labeled = dict(store.examples.dataset(model) if options.mode == "append" else [])
-    labeled.update(zip(dataset.texts, dataset.labels, strict=True))
-    combined: dict[str, int] = {}
-    for label in labeled.values():
-        combined[label] = combined.get(label, 0) + 1
-    check_labels(set(combined), settings, trainable=True)
+    stored = store.examples.dataset(model) if options.mode == "append" else []
+    check_kind(model, dataset, stored_kind(stored), "stored examples", fix="or mode=replace")
     label = store.model_settings.get(model).get("out_of_scope_label") or settings.out_of_scope_label
-    check_trainable(combined, out_of_scope_label=label)
+    if isinstance(dataset, MultiDataset):
+        rows = dataset.pairs()
+        together = build_multi_dataset(
+            ((f"example {n}", t, y) for n, (t, y) in enumerate([*stored, *rows])),
+            check_labels=False,
+        )
+        check_labels(set(together.classes), settings, trainable=True)
+        try:
+            check_label_counts(together.without(label).drop_rare())
+        except DataError as exc:
+            raise invalid(exc) from None
+    else:
+        rows = list(zip(dataset.texts, dataset.labels, strict=True))
+        labeled = dict(stored)
+        labeled.update(rows)
+        combined: dict[str, int] = {}
+        for value in labeled.values():
+            combined[value] = combined.get(value, 0) + 1
+        check_labels(set(combined), settings, trainable=True)
+        check_trainable(combined, out_of_scope_label=label)
     job = store.jobs.create_job(
         model,
         options.model_dump(exclude={"model"}),
-        list(zip(dataset.texts, dataset.labels, strict=True)),
+        rows,
         mode=options.mode,
         source="http",
         owner_pid=os.getpid() if settings.trainer == "embedded" else None,
@@ -82,7 +104,7 @@ def _parse_retrain(
             request = RetrainRequest.model_validate_json(body)
         except ValidationError as exc:
             raise BadRequest(f"invalid retrain request: {_errors(exc)}") from None
-        examples = [(e.text, e.label) for e in request.examples]
+        examples = [(e.text, e.target) for e in request.examples]
         return examples, RetrainOptions(**request.model_dump(exclude={"examples"}))
     fmt = UPLOAD_TYPES.get(content_type)
     if fmt is None:
@@ -95,9 +117,14 @@ def _parse_retrain(
     except ValidationError as exc:
         raise BadRequest(f"invalid query parameters: {_errors(exc)}") from None
     try:
-        dataset = parse_bytes(body, fmt, "upload", check_classes=False, extra_columns=False)
+        dataset = parse_bytes(
+            body, fmt, "upload", check_classes=False, extra_columns=False, task=options.task
+        )
     except DataError as exc:
         raise invalid(exc) from None
+    if isinstance(dataset, MultiDataset):
+        sets = [LabelList(list(s)) for s in dataset.label_sets]
+        return list(zip(dataset.texts, sets, strict=True)), options
     return list(zip(dataset.texts, dataset.labels, strict=True)), options
 
 
@@ -114,14 +141,17 @@ def check_count(n: int, settings: Settings, *, split: str) -> None:
         )
 
 
-def validate(pairs: Sequence[tuple[Any, Any]]) -> Dataset:
+def validate(pairs: Sequence[tuple[Any, Any]], *, task: str = "auto") -> Dataset | MultiDataset:
     """The request's examples validated, normalised and de-duplicated (a text sent with two
-    labels is refused: the caller must say which one it means)."""
+    labels is refused: the caller must say which one it means; a multi-label text sent
+    twice keeps the union of its sets)."""
     try:
-        dataset = build_dataset(
-            ((f"examples[{i}]", t, y) for i, (t, y) in enumerate(pairs)), check_classes=False
+        dataset = build_examples(
+            ((f"examples[{i}]", t, y) for i, (t, y) in enumerate(pairs)),
+            check_classes=False,
+            task=task,
         )
-        if dataset.conflicts:
+        if isinstance(dataset, Dataset) and dataset.conflicts:
             shown = ", ".join(repr(t[:60]) for t in dataset.conflicts[:5])
             raise DataError(
                 [
@@ -131,6 +161,36 @@ def validate(pairs: Sequence[tuple[Any, Any]]) -> Dataset:
     except DataError as exc:
         raise invalid(exc) from None
     return dataset
+
+
+def stored_kind(stored: Sequence[tuple[str, str]]) -> str | None:
+    """Whether stored examples are label sets (multi_label) or labels (None: none stored)."""
+    if not stored:
+        return None
+    return "multi_label" if is_label_set(stored[0][1]) else "single_label"
+
+
+def model_kind(registry: Any, store: Any, name: str) -> str | None:
+    """The model's task: its production version's, else its stored examples' (None: new)."""
+    try:
+        return registry.get(name, registry.resolve(name, "production")).metadata.task
+    except Exception:  # no production version (or the registry is away): the examples say
+        return stored_kind(store.examples.dataset(name))
+
+
+def check_kind(
+    model: str, dataset: Dataset | MultiDataset, kind: str | None, what: str, *, fix: str = ""
+) -> None:
+    """A 400 when `dataset`'s kind differs from the model's (`kind` None: anything goes)."""
+    sent = "multi_label" if isinstance(dataset, MultiDataset) else "single_label"
+    if kind is None or kind == sent:
+        return
+    wanted = "`labels` lists" if kind == "multi_label" else "one `label` per example"
+    raise BadRequest(
+        f"model {model!r} is {kind.replace('_', '-')} ({what}), these examples are"
+        f" {sent.replace('_', '-')}",
+        fix=f"send {wanted}" + (f", {fix}" if fix else ""),
+    )
 
 
 def check_labels(labels: set[str], settings: Settings, *, trainable: bool) -> None:

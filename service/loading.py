@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from models import ModelVersion, Registry, RegistryError, RegistryUnavailable
 from models._detector import Detector
 from models._inference import Scored, score, unpadded
@@ -72,6 +74,11 @@ class LoadedModel:
     temperature: float = 1.0  # the version's calibration (metadata.calibration)
     detector: Detector | None = None  # None: never out of scope (off, or an older version)
     out_of_scope_label: str = "out_of_scope"
+    thresholds: Any = None  # numpy (labels,): a multi-label version's; None: single-label
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
 
     def score(self, texts: Sequence[str]) -> Scored:
         """Calibrated probabilities and the out-of-scope decision, from one graph run."""
@@ -82,6 +89,7 @@ class LoadedModel:
             pad_id=self.pad_id,
             temperature=self.temperature,
             detector=self.detector,
+            thresholds=self.thresholds,
         )
 
 
@@ -134,12 +142,20 @@ def load_model(
         temperature=mv.metadata.temperature,
         detector=Detector.for_version(mv.metadata.out_of_scope, mv.path),
         out_of_scope_label=oos.label if (oos := mv.metadata.out_of_scope) else "out_of_scope",
+        thresholds=_thresholds(mv),
     )
     model.score(["warm up"])  # first run allocates; do it before serving
     log.info(
         "loaded %s/%s (%s) on %s (pid %d)", mv.name, mv.version, graph.name, provider, os.getpid()
     )
     return model
+
+
+def _thresholds(mv: ModelVersion) -> Any:
+    multi = mv.metadata.multi_label
+    if multi is None:
+        return None
+    return np.asarray([multi.thresholds[x] for x in mv.metadata.labels], dtype=np.float32)
 
 
 class ModelHolder:

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.data import LabelList
 
 
 class Example(BaseModel):
+    """One labeled text: `label` (single-label) or `labels` (multi-label, [] for none)."""
+
     model_config = ConfigDict(extra="forbid")
     text: str
-    label: str
+    label: str | None = None
+    labels: list[str] | None = Field(None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Example:
+        if (self.label is None) == (self.labels is None):
+            raise ValueError(
+                "send `label` (one class) or `labels` (a list, multi-label), exactly one"
+            )
+        return self
+
+    @property
+    def target(self) -> Any:
+        """The row's label as models/data.py reads it (a list: a label set)."""
+        return LabelList(self.labels) if self.labels is not None else self.label
 
 
-class FeedbackExample(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str
-    label: str
+class FeedbackExample(Example):
     prediction_id: str | None = Field(None, max_length=100)
 
 
@@ -47,6 +62,11 @@ class RetrainOptions(BaseModel):
     )
     backbone: str | None = _name_field(
         "an encoder from REFIT_BACKBONES (default: minilm, the packaged MiniLM)"
+    )
+    task: Literal["auto", "multi_label"] = Field(
+        "auto",
+        description="multi_label: read a `label` as a set of one; auto: multi-label when the"
+        " examples have `labels` lists",
     )
 
 
@@ -82,13 +102,24 @@ class TopLabel(BaseModel):
 
 class Prediction(BaseModel):
     id: str = Field(description="send it back as `prediction_id` in POST /feedback")
-    label: str = Field(description="the answer: a class, or the out-of-scope label")
-    out_of_scope: bool = Field(
-        description="no known class fits (label is the model's out-of-scope label); always"
-        " false for versions made without a detector"
+    label: str | None = Field(
+        None, description="single-label models: the answer, a class or the out-of-scope label"
     )
-    score: float = Field(description="the top known label's calibrated probability")
-    top: list[TopLabel] = Field(description="the known labels, ranked")
+    labels: list[TopLabel] | None = Field(
+        None,
+        description="multi-label models: the labels at or above their thresholds, most"
+        " probable first (empty: none of them)",
+    )
+    out_of_scope: bool = Field(
+        description="no known class fits (label is the model's out-of-scope label; multi-label:"
+        " `labels` is empty); always false for single-label versions made without a detector"
+    )
+    score: float | None = Field(
+        None, description="single-label models: the top known label's calibrated probability"
+    )
+    top: list[TopLabel] = Field(
+        description="the known labels, ranked (multi-label: by their own sigmoid probability)"
+    )
 
 
 class PredictResponse(BaseModel):

@@ -21,7 +21,7 @@ from models._inference import Scored
 from service.errors import ApiError
 
 INPUT = "text"
-OUTPUTS = ("label", "probabilities", "out_of_scope")
+OUTPUTS = ("label", "probabilities", "out_of_scope", "chosen")  # chosen: multi-label only
 PLATFORM = "onnxruntime_onnx"
 
 
@@ -33,18 +33,26 @@ class V2Error(ApiError):
         self.status = status  # type: ignore[misc]
 
 
-def metadata(name: str, versions: list[str], labels: list[str]) -> dict[str, Any]:
+def metadata(
+    name: str, versions: list[str], labels: list[str], *, multi_label: bool = False
+) -> dict[str, Any]:
+    outputs = [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
+        {"name": "out_of_scope", "datatype": "BOOL", "shape": [-1]},
+    ]
+    if multi_label:
+        outputs.append({"name": "chosen", "datatype": "BOOL", "shape": [-1, len(labels)]})
     return {
         "name": name,
         "versions": versions,
         "platform": PLATFORM,
         "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
-            {"name": "out_of_scope", "datatype": "BOOL", "shape": [-1]},
-        ],
-        "parameters": {"classes": labels},
+        "outputs": outputs,
+        "parameters": {
+            "classes": labels,
+            "task": "multi_label" if multi_label else "single_label",
+        },
     }
 
 
@@ -106,7 +114,7 @@ def parse_infer(body: bytes, header_length: str | None) -> dict[str, Any]:
     return {
         "texts": texts,
         "top_k": top_k,
-        "outputs": wanted or list(OUTPUTS),
+        "outputs": wanted,  # empty: every output the model has
         "id": request.get("id"),
     }
 
@@ -150,15 +158,25 @@ def infer_response(
     scored: Scored,
     out_of_scope_label: str,
 ) -> dict[str, Any]:
-    """`label`: the answer (the out-of-scope label when out of scope) or, with top_k > 1,
-    the known labels ranked (like `/predict`'s `top`); `out_of_scope`: BOOL per text."""
-    probs, outside = scored.probabilities, scored.out_of_scope
+    """`label`: the answer (the out-of-scope label when out of scope; multi-label: the
+    chosen labels joined by `|`, empty for none) or, with top_k > 1, the known labels ranked
+    (like `/predict`'s `top`); `out_of_scope`: BOOL per text; `chosen` (multi-label): BOOL
+    [n, classes], the labels at or above their thresholds."""
+    probs, outside, chosen = scored.probabilities, scored.out_of_scope, scored.chosen
+    wanted = request["outputs"] or [o for o in OUTPUTS if o != "chosen" or chosen is not None]
+    if "chosen" in wanted and chosen is None:
+        raise V2Error(400, f"output 'chosen' is for multi-label models; {name} is single-label")
     n = len(request["texts"])
     k = min(request["top_k"], len(labels))
     outputs = []
-    if "label" in request["outputs"]:
+    if "label" in wanted:
         order = np.argsort(-probs, axis=1)[:, :k]
-        if request["top_k"] == 1:
+        if request["top_k"] == 1 and chosen is not None:
+            data = [
+                "|".join(labels[j] for j in sorted(np.flatnonzero(c), key=lambda j: -p[j]))
+                for c, p in zip(chosen, probs, strict=True)
+            ]
+        elif request["top_k"] == 1:
             data = [
                 out_of_scope_label if o else labels[int(row[0])]
                 for row, o in zip(order, outside.tolist(), strict=True)
@@ -167,7 +185,7 @@ def infer_response(
             data = [labels[int(j)] for row in order for j in row]
         shape = [n] if request["top_k"] == 1 else [n, k]
         outputs.append({"name": "label", "datatype": "BYTES", "shape": shape, "data": data})
-    if "probabilities" in request["outputs"]:
+    if "probabilities" in wanted:
         outputs.append(
             {
                 "name": "probabilities",
@@ -176,9 +194,18 @@ def infer_response(
                 "data": [round(float(x), 7) for x in probs.astype(np.float32).ravel()],
             }
         )
-    if "out_of_scope" in request["outputs"]:
+    if "out_of_scope" in wanted:
         outputs.append(
             {"name": "out_of_scope", "datatype": "BOOL", "shape": [n], "data": outside.tolist()}
+        )
+    if "chosen" in wanted and chosen is not None:
+        outputs.append(
+            {
+                "name": "chosen",
+                "datatype": "BOOL",
+                "shape": [n, len(labels)],
+                "data": chosen.ravel().tolist(),
+            }
         )
     answer: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": outputs}
     if request.get("id") is not None:

@@ -61,11 +61,12 @@ def model_view(ctx: Context, name: str) -> dict[str, Any]:
             strategy=meta.strategy,
             reason=meta.reason,
             labels=meta.labels,
-            metrics={
-                "accuracy": meta.metrics.accuracy,
-                "macro_f1": meta.metrics.macro_f1,
-                "count": meta.metrics.count,
-            },
+            task=meta.task,
+            metrics=meta.metrics.model_dump(
+                include={"accuracy", "macro_f1", "count", "micro_f1", "hamming_loss"},
+                exclude_none=True,
+            ),
+            thresholds=meta.multi_label.thresholds if meta.multi_label else None,
             data={"count": meta.data.count, "sha256": meta.data.sha256},
             backbone=meta.backbone.name,
             quantized=meta.quantized,

@@ -12,10 +12,18 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 class SentenceClassifier(nn.Module):
-    def __init__(self, encoder: nn.Module, num_labels: int, *, normalize: bool = True) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: int,
+        *,
+        normalize: bool = True,
+        multi_label: bool = False,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.normalize = normalize
+        self.multi_label = multi_label  # one sigmoid per label instead of one softmax
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -29,7 +37,11 @@ class SentenceClassifier(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.head(self.embed(input_ids, attention_mask).to(self.head.weight.dtype))
-        return torch.softmax(logits, dim=-1), logits
+        return self.activate(logits), logits
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities: softmax over the classes, or a sigmoid per label (multi-label)."""
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
 
     def set_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         with torch.no_grad():

@@ -52,6 +52,8 @@ class PolicyThresholds:
 class TrainConfig:
     name: str = "default"
     strategy: StrategyChoice = "auto"
+    # multi_label: read a `label` as a set of one; auto: multi-label when the data has sets
+    task: Literal["auto", "single_label", "multi_label"] = "auto"
     backbone: Path | None = None  # a local Hugging Face folder; None: the packaged MiniLM
     max_length: int = 128
     validation_fraction: float = 0.1
@@ -120,6 +122,12 @@ class TrainConfig:
         )
         _require(self.strategy in _STRATEGIES, "strategy", f"one of {_STRATEGIES}", self.strategy)
         _require(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
+        _require(
+            self.task in ("auto", "single_label", "multi_label"),
+            "task",
+            "auto, single_label or multi_label",
+            self.task,
+        )
         _require(8 <= self.max_length <= 512, "max_length", "between 8 and 512", self.max_length)
         _require(
             0 < self.validation_fraction < 0.5,

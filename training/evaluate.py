@@ -11,6 +11,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from models import ClassMetrics, Metrics, ModelVersion
 from models._detector import Detector
 from models._inference import run, score, softmax, unpadded
+from models.multilabel import NO_LABEL
 
 
 def compute_metrics(
@@ -44,6 +45,40 @@ def compute_metrics(
         count=int(len(y_true)),
         per_class=per_class,
         confusion=confusion,
+    )
+
+
+def compute_multi_metrics(
+    y_true: np.ndarray, chosen: np.ndarray, probs: np.ndarray, labels: Sequence[str]
+) -> Metrics:
+    """Multi-label metrics: `accuracy` is subset accuracy (the whole set right), macro-F1
+    over the labels present in `y_true`, micro-F1, Hamming loss; per label P/R/F1/support;
+    `predicted_counts` counts each text once, under its most probable chosen label or
+    `(none)` for an empty answer (what live traffic records: the drift reference)."""
+    from training.multilabel_head import macro_f1, micro_f1
+
+    y, c = y_true.astype(bool), chosen.astype(bool)
+    p, r, f, s = precision_recall_fscore_support(y, c, average=None, zero_division=0)
+    primary = np.where(c, probs, -1.0).argmax(1)
+    answered = c.any(1)
+    counts = {label: int(((primary == j) & answered).sum()) for j, label in enumerate(labels)}
+    return Metrics(
+        accuracy=round(float(np.mean((y == c).all(1))) if len(y) else 0.0, 6),
+        macro_f1=round(macro_f1(y, c), 6),
+        micro_f1=round(micro_f1(y, c), 6),
+        hamming_loss=round(float(np.mean(y != c)) if len(y) else 0.0, 6),
+        count=int(len(y)),
+        per_class={
+            label: ClassMetrics(
+                precision=round(float(p[j]), 6),
+                recall=round(float(r[j]), 6),
+                f1=round(float(f[j]), 6),
+                support=int(s[j]),
+            )
+            for j, label in enumerate(labels)
+        },
+        mean_confidence=round(float(probs.max(1).mean()), 6) if len(y) else None,
+        predicted_counts={**counts, NO_LABEL: int((~answered).sum())},
     )
 
 

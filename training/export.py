@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import Metrics, OnnxInfo, QuantizationReport
+from models import OnnxInfo, QuantizationReport
 from training.classifier import SentenceClassifier
 from training.evaluate import OnnxRunner
 
@@ -191,7 +191,7 @@ class _Served(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         pooled = self.model.embed(input_ids, attention_mask)
         logits = self.model.head(pooled.to(self.model.head.weight.dtype))
-        return torch.softmax(logits, dim=-1), logits, pooled
+        return self.model.activate(logits), logits, pooled
 
 
 def _export(model: SentenceClassifier, sample, onnx_path: Path, opset: int) -> None:
@@ -244,16 +244,22 @@ def _quantize(
 
 
 def choose_int8(
-    report: QuantizationReport, *, policy: str, fp32: Metrics, int8: Metrics, staging: Path
+    report: QuantizationReport,
+    *,
+    policy: str,
+    fp32: float,
+    int8: float,
+    count: int,
+    staging: Path,
+    metric: str = "macro_f1",
 ) -> QuantizationReport:
     """The quantization policy: `auto` serves the int8 graph on CPU when its validation
-    macro-F1 is within 0.3 points of fp32's, `always` serves it anyway; both numbers and
-    the reason are recorded. A graph that is not served is not kept."""
-    loss = fp32.macro_f1 - int8.macro_f1
-    numbers = (
-        f"validation macro-F1 int8 {int8.macro_f1:.4f} vs fp32 {fp32.macro_f1:.4f}"
-        f" on {fp32.count} examples"
-    )
+    score (`metric`: macro-F1, micro-F1 for multi-label models) is within 0.3 points of
+    fp32's, `always` serves it anyway; both numbers and the reason are recorded. A graph
+    that is not served is not kept."""
+    loss = fp32 - int8
+    name = metric.replace("_f1", "-F1")
+    numbers = f"validation {name} int8 {int8:.4f} vs fp32 {fp32:.4f} on {count} examples"
     if policy == "always":
         served, reason = True, f"quantize=always: int8 served on CPU ({numbers})"
     elif loss <= INT8_MAX_LOSS + 1e-12:
@@ -276,8 +282,9 @@ def choose_int8(
         update={
             "file": INT8_FILE if served else None,
             "policy": policy,
-            "fp32_macro_f1": fp32.macro_f1,
-            "int8_macro_f1": int8.macro_f1,
+            "metric": metric,
+            "fp32_macro_f1": fp32,
+            "int8_macro_f1": int8,
             "served_on_cpu": served,
             "reason": reason,
         }

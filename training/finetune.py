@@ -74,6 +74,27 @@ def length_grouped_batches(
     return batches
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What fine-tuning minimises and how validation judges it: `loss(logits, targets)`,
+    `decide(logits) -> predictions` (as `score` reads them), `score(targets, predictions)`
+    under the name `metric`."""
+
+    metric: str
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    decide: Callable[[np.ndarray], np.ndarray]
+    score: Callable[[np.ndarray, np.ndarray], float]
+
+
+# one label per text: cross-entropy, judged on validation macro-F1 of the argmax
+SINGLE_LABEL = Objective(
+    "macro_f1",
+    lambda logits, y: torch.nn.functional.cross_entropy(logits, y),
+    lambda logits: logits.argmax(axis=1),
+    lambda y, pred: float(f1_score(y, pred, average="macro", zero_division=0)),
+)
+
+
 @torch.inference_mode()
 def predict(
     model: SentenceClassifier,
@@ -83,19 +104,20 @@ def predict(
     max_length: int,
     batch_size: int,
     device,
+    objective: Objective = SINGLE_LABEL,
 ) -> np.ndarray:
     model.eval()
     encoded = _encode(tokenizer, texts, max_length)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    out = np.zeros(len(texts), dtype=np.int64)
+    out = np.zeros((len(texts), model.head.out_features), dtype=np.float32)
     dummy = np.zeros(len(texts), dtype=np.int64)
     for pos in range(0, len(order), batch_size):
         idx = order[pos : pos + batch_size]
         ids, mask, _ = _collate(encoded, idx, dummy, tokenizer.pad_token_id, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             _, logits = model(ids, mask)
-        out[idx] = logits.argmax(dim=-1).cpu().numpy()
-    return out
+        out[idx] = logits.float().cpu().numpy()
+    return objective.decide(out)
 
 
 @dataclass(frozen=True)
@@ -150,6 +172,7 @@ def fine_tune(
     time_budget_s: float | None,
     on_step: Callable[[int, int, str], None] | None = None,
     log_every: int = 50,
+    objective: Objective = SINGLE_LABEL,
 ) -> FineTuneResult:
     """Train in place; on return `model` holds the weights chosen on validation.
 
@@ -201,7 +224,7 @@ def fine_tune(
             ids, mask, y = _collate(encoded, idx, train_labels, tokenizer.pad_token_id, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 _, logits = model(ids, mask)
-            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            loss = objective.loss(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -232,22 +255,29 @@ def fine_tune(
         if epoch % eval_every and epoch < epochs and not out_of_time:
             continue
         pred = predict(
-            model, tokenizer, val_texts, max_length=config.max_length, batch_size=64, device=device
+            model,
+            tokenizer,
+            val_texts,
+            max_length=config.max_length,
+            batch_size=64,
+            device=device,
+            objective=objective,
         )
-        score = float(f1_score(val_labels, pred, average="macro", zero_division=0))
+        score = objective.score(val_labels, pred)
         elapsed = time.perf_counter() - started
         result.history.append(
             {
                 "epoch": epoch,
                 "loss": round(epoch_loss / len(train_texts), 5),
-                "val_macro_f1": round(score, 6),
+                f"val_{objective.metric}": round(score, 6),
                 "elapsed_s": round(elapsed, 1),
             }
         )
         log.info(
-            "epoch %d done: loss %.4f validation macro-F1 %.4f (%.0f s)",
+            "epoch %d done: loss %.4f validation %s %.4f (%.0f s)",
             epoch,
             epoch_loss / len(train_texts),
+            objective.metric,
             score,
             elapsed,
         )

@@ -110,8 +110,9 @@ def package(
             quantization = choose_int8(
                 quantization,
                 policy=config.quantize,
-                fp32=metrics,
-                int8=score_graph(staging.path / INT8_FILE, bench.val_set),
+                fp32=metrics.macro_f1,
+                int8=score_graph(staging.path / INT8_FILE, bench.val_set).macro_f1,
+                count=metrics.count,
                 staging=staging.path,
             )
         # the detector is chosen on the graph CPU serves (int8 moves the embedding a little)

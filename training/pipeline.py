@@ -13,6 +13,7 @@ import numpy as np
 
 from models import ModelMetadata, Registry, validate_model_name
 from models.data import DataError, Dataset, load_dataset, set_aside, stratified_split
+from models.multilabel import MultiDataset
 from training.config import TrainConfig
 from training.packaging import Trained, package
 from training.policy import Decision, adapts_anyway, decide
@@ -28,15 +29,19 @@ class TrainResult:
     metadata: ModelMetadata
     promoted: bool
     decision: Decision
-    validation: Dataset
+    validation: Dataset | MultiDataset
     timings: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     promotion_reason: str | None = None  # when the config asked to promote: why it did or not
     outside: Dataset | None = None  # the out-of-scope examples (no class), for the gate
 
 
-def _as_dataset(data: Dataset | str | Path | Iterable[Any], *, check: bool = True) -> Dataset:
-    return data if isinstance(data, Dataset) else load_dataset(data, check_classes=check)
+def _as_dataset(
+    data: Dataset | MultiDataset | str | Path | Iterable[Any], *, task: str = "auto"
+) -> Dataset | MultiDataset:
+    if isinstance(data, Dataset | MultiDataset):
+        return data
+    return load_dataset(data, check_classes=False, task=task)
 
 
 def _select_device(choice: str):
@@ -52,7 +57,7 @@ def _select_device(choice: str):
 
 
 def train(
-    data: Dataset | str | Path | Iterable[Any],
+    data: Dataset | MultiDataset | str | Path | Iterable[Any],
     config: TrainConfig | None = None,
     *,
     registry: Registry | None = None,
@@ -74,11 +79,31 @@ def train(
     started = time.perf_counter()
 
     report("validating", 0.0, "checking examples")
+    examples = _as_dataset(data, task=config.task)
+    if isinstance(examples, MultiDataset):
+        from training.multilabel import train_multi_label
+
+        multi_test = None
+        if test_data is not None:
+            multi_test = _as_dataset(test_data, task="multi_label")
+            assert isinstance(multi_test, MultiDataset)
+        return train_multi_label(
+            examples,
+            config,
+            registry=registry,
+            test=multi_test,
+            report=report,
+            started=started,
+            extra_metadata=extra_metadata,
+        )
     # examples with the out-of-scope label are no class: they choose and check the detector
-    dataset, outside = set_aside(_as_dataset(data, check=False), config.out_of_scope_label)
+    dataset, outside = set_aside(examples, config.out_of_scope_label)
     test = None
     if test_data is not None:  # its out-of-scope rows are no class either
-        test, _ = set_aside(_as_dataset(test_data, check=False), config.out_of_scope_label)
+        single_test = _as_dataset(test_data)
+        if isinstance(single_test, MultiDataset):
+            raise DataError(["test data has label sets but the training data is single-label"])
+        test, _ = set_aside(single_test, config.out_of_scope_label)
     train_set, val_set = stratified_split(dataset, config.validation_fraction, config.seed)
     labels = dataset.classes
     if test is not None:
@@ -90,7 +115,7 @@ def train(
         described += f", {len(outside)} out of scope"
     report("validating", 1.0, described)
 
-    bench = _workbench(config, report, registry, labels, train_set, val_set)
+    bench = workbench(config, report, registry, labels, train_set, val_set)
     decision = decide(
         dataset.counts(),
         config.thresholds,
@@ -144,14 +169,16 @@ def train(
     )
 
 
-def _workbench(
+def workbench(
     config: TrainConfig,
     report: Reporter,
     registry: Registry,
     labels: list[str],
-    train_set: Dataset,
-    val_set: Dataset,
+    train_set: Dataset | MultiDataset,
+    val_set: Dataset | MultiDataset,
 ) -> Workbench:
+    """The backbone with a new head, the split and its targets: class ids, or (multi-label)
+    a 0/1 matrix of label sets."""
     import torch
 
     from training.backbone import load_backbone
@@ -162,7 +189,14 @@ def _workbench(
         torch.set_num_threads(config.threads)
     device = _select_device(config.device)
     backbone = load_backbone(config.backbone)
-    label_id = {label: i for i, label in enumerate(labels)}
+    multi = isinstance(train_set, MultiDataset)
+
+    def targets(ds: Dataset | MultiDataset) -> np.ndarray:
+        if isinstance(ds, MultiDataset):
+            return ds.matrix(labels)
+        label_id = {label: i for i, label in enumerate(labels)}
+        return np.asarray([label_id[x] for x in ds.labels])
+
     return Workbench(
         config=config,
         report=report,
@@ -170,11 +204,11 @@ def _workbench(
         train_set=train_set,
         val_set=val_set,
         backbone=backbone,
-        model=SentenceClassifier(backbone.encoder, len(labels)).to(device),
+        model=SentenceClassifier(backbone.encoder, len(labels), multi_label=multi).to(device),
         device=device,
         cache=EmbeddingCache((config.cache_dir or registry.root / ".cache") / "embeddings.sqlite"),
-        y_train=np.asarray([label_id[x] for x in train_set.labels]),
-        y_val=np.asarray([label_id[x] for x in val_set.labels]),
+        y_train=targets(train_set),
+        y_val=targets(val_set),
     )
 
 

@@ -2,8 +2,8 @@
 candidate, or goes to shadow. The service's trainer, `refit worker` (through it), `refit
 train --promote` and the first start all come here.
 
-The gate: a challenger is promoted when its validation macro-F1 is not below the
-champion's (production's, scored on the *same* held-out examples) minus a tolerance and,
+The gate: a challenger is promoted when its validation macro-F1 (multi-label: macro-F1
+over labels at each version's own thresholds) is not below the champion's (production's, scored on the *same* held-out examples) minus a tolerance and,
 when the data has out-of-scope examples, its out-of-scope recall on them is not below the
 champion's minus the same tolerance (a champion without a detector answers none of them);
 `always` skips the comparison (`refit train --force`), `never` keeps a candidate.
@@ -16,6 +16,7 @@ from typing import Literal
 
 from models import Metrics, ModelMetadata, Registry, RegistryError
 from models.data import Dataset
+from models.multilabel import MultiDataset
 
 Mode = Literal["auto", "always", "never", "shadow"]
 
@@ -64,6 +65,40 @@ def champion_metrics(
     return mv.version, metrics
 
 
+def champion_multi_metrics(
+    registry: Registry, name: str, validation: MultiDataset
+) -> tuple[str, Metrics] | None:
+    """Production's multi-label metrics on the challenger's held-out examples, at its own
+    thresholds (labels either side does not know count as misses). A single-label
+    production answers one label per text: its answers are sets of one."""
+    import numpy as np
+
+    from training.evaluate import OnnxRunner, compute_multi_metrics
+
+    try:
+        mv = registry.verify(name, "production")
+    except (RegistryError, LookupError):
+        return None
+    meta = mv.metadata
+    runner = OnnxRunner(
+        mv.graph_path(cuda=False, allow_int8=True),
+        mv.path / "tokenizer.json",
+        temperature=meta.temperature,
+    )
+    probs = runner.predict_proba(list(validation.texts))
+    if meta.multi_label is not None:
+        chosen = probs >= np.asarray([meta.multi_label.thresholds[x] for x in meta.labels])
+    else:
+        chosen = np.eye(len(meta.labels), dtype=bool)[probs.argmax(1)]
+    vocab = sorted(set(validation.classes) | set(meta.labels))
+    where = [vocab.index(x) for x in meta.labels]
+    wide_chosen = np.zeros((len(validation), len(vocab)), dtype=bool)
+    wide_probs = np.zeros((len(validation), len(vocab)), dtype=np.float32)
+    wide_chosen[:, where], wide_probs[:, where] = chosen, probs
+    metrics = compute_multi_metrics(validation.matrix(vocab), wide_chosen, wide_probs, vocab)
+    return mv.version, metrics
+
+
 def gate(
     promote: str, challenger: Metrics, champion: Metrics | None, tolerance: float
 ) -> tuple[bool, str]:
@@ -87,7 +122,7 @@ def gate(
 def promote_candidate(
     registry: Registry,
     candidate: ModelMetadata,
-    validation: Dataset,
+    validation: Dataset | MultiDataset,
     *,
     mode: Mode = "auto",
     tolerance: float = 0.0,
@@ -99,7 +134,10 @@ def promote_candidate(
     aliases: production (promoted), shadow (`mode="shadow"`, or `via_shadow` with `auto`,
     when a production model exists), or nothing (a candidate)."""
     name = candidate.name
-    found = champion_metrics(registry, name, list(validation.texts), list(validation.labels))
+    if isinstance(validation, MultiDataset):
+        found = champion_multi_metrics(registry, name, validation)
+    else:
+        found = champion_metrics(registry, name, list(validation.texts), list(validation.labels))
     champion_version, champion = found if found else (None, None)
     shadow = champion is not None and (mode == "shadow" or (mode == "auto" and via_shadow))
     promoted, why = gate(

@@ -48,3 +48,56 @@ def banking77_slice(
         rng.shuffle(members)
         out.extend(members[:per_class])
     return out
+
+
+def read_goemotions_tsv(path: Path, labels_path: Path) -> list[tuple[str, list[str]]]:
+    """GoEmotions-style TSV (no header: `text<TAB>label ids<TAB>id`, ids comma-separated
+    indexes into `labels_path`, one label a line) as `(text, [labels])` rows."""
+    names = labels_path.read_text(encoding="utf-8").split()
+    rows = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for line in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if len(line) < 2:
+                continue
+            rows.append((line[0], [names[int(i)] for i in line[1].split(",") if i.strip()]))
+    return rows
+
+
+def read_goemotions(split: str) -> list[tuple[str, list[str]]]:
+    """GoEmotions' `train` or `dev` split (its test split is kept aside)."""
+    folder = shared_dir() / "data" / "goemotions"
+    path = folder / f"{split}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"goemotions not found at {path}; set REFIT_SHARED")
+    return read_goemotions_tsv(path, folder / "labels.txt")
+
+
+def goemotions_sample(
+    rows: list[tuple[str, list[str]]], per_label: int | None, seed: int = 0
+) -> list[tuple[str, list[str]]]:
+    """A sample with at least `per_label` positives of every label where the data has them
+    (labels from the rarest up take rows until they have enough; a row counts for every
+    label it carries); None: all rows."""
+    if per_label is None:
+        return list(rows)
+    rng = random.Random(seed)
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    counts: dict[str, int] = {}
+    for _, labels in rows:
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+    have: dict[str, int] = {}
+    chosen: list[int] = []
+    taken: set[int] = set()
+    for label in sorted(counts, key=lambda x: (counts[x], x)):
+        for i in order:
+            if have.get(label, 0) >= per_label:
+                break
+            if i in taken or label not in rows[i][1]:
+                continue
+            taken.add(i)
+            chosen.append(i)
+            for x in rows[i][1]:
+                have[x] = have.get(x, 0) + 1
+    return [rows[i] for i in sorted(chosen)]

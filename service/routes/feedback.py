@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from models.multilabel import MultiDataset, decode_label_set
 from service import intake, metrics
 from service.auth import private
 from service.context import Ctx
@@ -20,18 +21,28 @@ def feedback(ctx: Ctx, body: FeedbackRequest) -> Any:
     as pending; a trigger retrains on them (see `retrain_policy` in `GET /models`)."""
     name = body.model or ctx.settings.model_name
     intake.check_count(len(body.examples), ctx.settings, split="request")
-    dataset = intake.validate([(e.text, e.label) for e in body.examples])
-    known = {label for _, label in ctx.store.examples.dataset(name)}
-    intake.check_labels(known | set(dataset.labels), ctx.settings, trainable=False)
+    dataset = intake.validate([(e.text, e.target) for e in body.examples])
+    kind = intake.model_kind(ctx.registry, ctx.store, name)
+    intake.check_kind(name, dataset, kind, "its production version or stored examples")
+    stored = ctx.store.examples.dataset(name)
     ids = {e.text: e.prediction_id for e in body.examples}
-    rows = [(t, y, ids.get(t)) for t, y in zip(dataset.texts, dataset.labels, strict=True)]
+    if isinstance(dataset, MultiDataset):
+        known = {x for _, y in stored for x in decode_label_set(y) or ()}
+        sent, duplicates = set(dataset.classes), dataset.merged
+        pairs = dataset.pairs()
+    else:
+        known = {y for _, y in stored}
+        sent, duplicates = set(dataset.labels), dataset.duplicates_dropped
+        pairs = list(zip(dataset.texts, dataset.labels, strict=True))
+    intake.check_labels(known | sent, ctx.settings, trainable=False)
+    rows = [(t, y, ids.get(t)) for t, y in pairs]
     _, pending = ctx.store.examples.add_feedback(name, rows)
     metrics.FEEDBACK_EXAMPLES.labels(name).inc(len(rows))
     metrics.FEEDBACK_PENDING.labels(name).set(pending)
     return {
         "accepted": len(rows),
-        "duplicates_dropped": dataset.duplicates_dropped,
-        "new_labels": sorted(set(dataset.labels) - known),
+        "duplicates_dropped": duplicates,
+        "new_labels": sorted(sent - known),
         "pending": pending,
         "retrain_at_pending": ctx.policy(name).min_pending or None,
     }

@@ -12,7 +12,7 @@ from models import CorruptVersionError, RegistryError, RegistryUnavailable, vali
 from service import v2
 from service.auth import public
 from service.context import Context, Ctx
-from service.dataplane import shadow_label
+from service.dataplane import answer_labels
 from service.errors import ApiError, NotFound, Unavailable, retry_later
 from service.pool import ModelLoadError, UnknownModel
 from service.schemas import error_responses
@@ -66,7 +66,7 @@ def _metadata(ctx: Context, name: str, version: str | None) -> Any:
     except (RegistryError, LookupError, FileNotFoundError, CorruptVersionError):
         what = f"{name}/{version}" if version else f"a production version of {name!r}"
         raise NotFound(f"no {what}") from None
-    return v2.metadata(name, versions, list(meta.labels))
+    return v2.metadata(name, versions, list(meta.labels), multi_label=meta.task == "multi_label")
 
 
 async def _ready(ctx: Context, name: str, version: str | None) -> Any:
@@ -95,9 +95,13 @@ async def _infer(ctx: Context, name: str, version: str | None, request: Request)
         served, scored, _, _ = await ctx.dataplane.infer(texts, name, version)
     except ApiError as refused:
         return refused.response(bare=True)
-    best = scored.probabilities.argmax(axis=1).tolist()
-    for j, outside in zip(best, scored.out_of_scope.tolist(), strict=True):
-        ctx.dataplane.counter(served, shadow_label(served, j, outside)).inc()
-    return v2.infer_response(
-        parsed, name, served.version, served.labels, scored, served.out_of_scope_label
-    )
+    try:
+        answer = v2.infer_response(
+            parsed, name, served.version, served.labels, scored, served.out_of_scope_label
+        )
+    except ApiError as refused:
+        return refused.response(bare=True)
+    for k in range(len(texts)):
+        for label in answer_labels(served, scored, k):
+            ctx.dataplane.counter(served, label).inc()
+    return answer

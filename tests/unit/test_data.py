@@ -96,7 +96,7 @@ def test_csv_without_header_and_ragged_rows(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("hello,greet\nhi,greet\n")
     assert (
-        "d.csv line 1: header must name columns `text` and `label` (or `category`)"
+        "d.csv line 1: header must name columns `text` and `label` (or `category`;"
         in problems_of(path)[0]
     )
     path.write_text("text,label\nhello,greet,extra\n")
