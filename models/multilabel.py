@@ -18,11 +18,13 @@ hold, so single-label rows never read as sets).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -217,3 +219,28 @@ def multi_split(
     train = [i for i in range(len(dataset)) if side[i] == "train"]
     val = [i for i in range(len(dataset)) if side[i] == "val"]
     return dataset.subset(train), dataset.subset(val)
+
+
+def read_label_id_tsv(path: Path, labels_path: Path) -> list[tuple[str, LabelList]]:
+    """GoEmotions-style TSV (no header; `text<TAB>label ids<TAB>...`, ids comma-separated,
+    indexes into `labels_path`, one name a line) as `(text, labels)` rows. A bad id is a
+    DataError naming the line."""
+    names = labels_path.read_text(encoding="utf-8").split()
+    rows: list[tuple[str, LabelList]] = []
+    problems: list[str] = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for n, line in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if not line or not any(cell.strip() for cell in line):
+                continue
+            ids = line[1].split(",") if len(line) > 1 else []
+            bad = [i for i in ids if not i.strip().isdigit() or int(i) >= len(names)]
+            if len(line) < 2 or bad:
+                problems.append(
+                    f"{path.name} line {n}: expected text<TAB>label ids (0..{len(names) - 1},"
+                    f" comma-separated), found {line[1:2]!r}"
+                )
+                continue
+            rows.append((line[0], LabelList([names[int(i)] for i in ids if i.strip()])))
+    if problems:
+        raise DataError(problems)
+    return rows

@@ -17,7 +17,18 @@ from service.cli_common import EXIT_BAD_INPUT, err, out, registry_for, settings_
 def _metrics_dict(m: Any) -> dict[str, Any] | None:
     if m is None:
         return None
-    return {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "count": m.count}
+    return m.model_dump(
+        include={"accuracy", "macro_f1", "count", "micro_f1", "hamming_loss"}, exclude_none=True
+    )
+
+
+def _scores(m: Any) -> str:
+    if m.micro_f1 is not None:  # multi-label
+        return (
+            f"micro-F1 {m.micro_f1:.4f}  macro-F1 {m.macro_f1:.4f}  subset accuracy"
+            f" {m.accuracy:.4f}  Hamming loss {m.hamming_loss:.4f}"
+        )
+    return f"accuracy {m.accuracy:.4f}  macro-F1 {m.macro_f1:.4f}"
 
 
 class _ProgressBar:
@@ -46,8 +57,23 @@ class _ProgressBar:
             self.bar.close()
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _load(path: str, args: argparse.Namespace) -> Any:
+    """A data file; `.tsv` is the GoEmotions layout (`text<TAB>label ids<TAB>...`, ids
+    into `--label-names`, one name a line): a multi-label import."""
     from models.data import DataError, load_dataset
+    from models.multilabel import read_label_id_tsv
+
+    if Path(path).suffix.lower() == ".tsv":
+        if not args.label_names:
+            raise DataError([f"{path}: a .tsv holds label ids; name their file with --label-names"])
+        return load_dataset(
+            read_label_id_tsv(Path(path), Path(args.label_names)), check_classes=False
+        )
+    return load_dataset(path, check_classes=False, task=args.task)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.data import DataError
     from service.trainer import train_config
 
     try:
@@ -63,8 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             device=args.device,
             threads=None,  # all cores: the command line is not sharing them with a service
         )
-        dataset = load_dataset(args.data, check_classes=False)  # out-of-scope rows: train()
-        test = load_dataset(args.test, check_classes=False) if args.test else None
+        dataset = _load(args.data, args)  # out-of-scope rows: train()
+        test = _load(args.test, args) if args.test else None
     except (DataError, ValueError) as exc:
         err(str(exc))
         return EXIT_BAD_INPUT
@@ -93,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "metrics": _metrics_dict(meta.metrics),
         "test_metrics": _metrics_dict(meta.test_metrics),
         "out_of_scope": meta.out_of_scope.model_dump() if meta.out_of_scope else None,
+        "task": meta.task,
+        "thresholds": meta.multi_label.thresholds if meta.multi_label else None,
         "data": {
             "count": meta.data.count,
             "classes": len(meta.labels),
@@ -112,11 +140,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out(
         f"data       {meta.data.count} examples, {len(meta.labels)} classes ({meta.data.train_count} train / {meta.data.validation_count} validation)"
     )
-    out(f"validation accuracy {meta.metrics.accuracy:.4f}  macro-F1 {meta.metrics.macro_f1:.4f}")
+    out(f"validation {_scores(meta.metrics)}")
     if meta.test_metrics is not None:
-        out(
-            f"test       accuracy {meta.test_metrics.accuracy:.4f}  macro-F1 {meta.test_metrics.macro_f1:.4f} ({meta.test_metrics.count} examples)"
-        )
+        out(f"test       {_scores(meta.test_metrics)} ({meta.test_metrics.count} examples)")
     out(f"wall time  {wall:.1f} s")
     if result.promotion_reason is not None:
         out(f"promotion  {result.promotion_reason}")
@@ -127,7 +153,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_train_command(sub: Any) -> None:
     t = sub.add_parser("train", help="train, evaluate, export and publish a model version")
-    t.add_argument("data", help="CSV (text,label|category), JSONL or JSON list of {text, label}")
+    t.add_argument(
+        "data",
+        help="CSV (text,label|category; text,labels for label sets split by '|'), JSONL or JSON"
+        " list of {text, label} or {text, labels}; .tsv: GoEmotions layout (with --label-names)",
+    )
+    t.add_argument(
+        "--task",
+        default="auto",
+        choices=["auto", "multi_label"],
+        help="multi_label: read a `label` as a set of one (auto: label lists make it multi-label)",
+    )
+    t.add_argument(
+        "--label-names",
+        help="for a .tsv DATA: the file naming label ids (one name a line, id = line number - 1)",
+    )
     t.add_argument("--name", default="default", help="model name (default: default)")
     t.add_argument(
         "--strategy", default="auto", choices=["auto", "feature_extraction", "fine_tuning"]

@@ -50,26 +50,15 @@ def banking77_slice(
     return out
 
 
-def read_goemotions_tsv(path: Path, labels_path: Path) -> list[tuple[str, list[str]]]:
-    """GoEmotions-style TSV (no header: `text<TAB>label ids<TAB>id`, ids comma-separated
-    indexes into `labels_path`, one label a line) as `(text, [labels])` rows."""
-    names = labels_path.read_text(encoding="utf-8").split()
-    rows = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for line in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if len(line) < 2:
-                continue
-            rows.append((line[0], [names[int(i)] for i in line[1].split(",") if i.strip()]))
-    return rows
-
-
 def read_goemotions(split: str) -> list[tuple[str, list[str]]]:
     """GoEmotions' `train` or `dev` split (its test split is kept aside)."""
     folder = shared_dir() / "data" / "goemotions"
     path = folder / f"{split}.tsv"
     if not path.is_file():
         raise FileNotFoundError(f"goemotions not found at {path}; set REFIT_SHARED")
-    return read_goemotions_tsv(path, folder / "labels.txt")
+    from models.multilabel import read_label_id_tsv
+
+    return read_label_id_tsv(path, folder / "labels.txt")
 
 
 def goemotions_sample(

@@ -47,7 +47,15 @@ def test_multi_label_lp_ft_thresholds_sigmoid_graph_and_gate(tmp_path: Path) -> 
     assert meta.out_of_scope is not None and meta.out_of_scope.method == "off"
     assert meta.metrics.micro_f1 is not None and meta.metrics.hamming_loss is not None
     test = meta.test_metrics
-    assert test is not None and test.count == 300 and test.macro_f1 > 0.3, test
+    # better than answering every label (per label F1 = 2p / (1 + p) at prevalence p)
+    prevalence = (
+        MultiDataset(tuple(t for t, _ in dev), tuple(tuple(ls) for _, ls in dev))
+        .matrix(sorted(KEEP))
+        .mean(0)
+    )
+    every_label = float(np.mean(2 * prevalence / (1 + prevalence)))
+    assert test is not None and test.count == 300, test
+    assert test.macro_f1 > every_label + 0.05, (test.macro_f1, every_label)
     # the served graph: an independent sigmoid per label (rows do not sum to 1)
     mv = registry.get("ml", meta.version)
     runner = OnnxRunner(mv.onnx_path, mv.path / "tokenizer.json")
