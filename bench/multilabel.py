@@ -10,6 +10,7 @@ one-vs-rest logistic regression, per-label thresholds tuned on the *first* half 
 
     python bench/multilabel.py --sample rows4000 --strategy auto          # one run
     python bench/multilabel.py --sample rows4000 --baseline               # the baseline
+    python bench/multilabel.py --sample 8 --setfit                        # SetFit, same sample
     python bench/multilabel.py --summary                                  # table + plot
 
 Records are merged into bench/results/multilabel_goemotions.json (keyed by sample,
@@ -158,6 +159,47 @@ def run_baseline(sample: str, seed: int) -> dict:
     }
 
 
+SETFIT_STEPS = {"8": 200, "64": 500}  # as in bench/peers.py
+
+
+def run_setfit(sample: str, seed: int) -> dict:
+    """SetFit 1.2 with its one-vs-rest multi-label head, same MiniLM and sample, in the
+    peers' virtualenv (bench/peers.py makes it)."""
+    from bench.peers import ensure_peer_venv, peer
+    from training.backbone import default_backbone_path
+
+    rows = _sample(sample, seed)
+    _, dev_b = _dev()
+    python = ensure_peer_venv()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name, data in (("train", rows), ("test", dev_b)):
+            path = Path(tmp) / f"{name}.jsonl"
+            path.write_text(
+                "\n".join(json.dumps({"text": t, "labels": ls}) for t, ls in data) + "\n"
+            )
+            paths.append(str(path))
+        started = time.perf_counter()
+        out = peer(
+            python,
+            "setfit_multilabel",
+            str(default_backbone_path()),
+            *paths,
+            str(SETFIT_STEPS.get(sample, 500)),
+            str(Path(tmp) / "out"),
+        )
+        wall = time.perf_counter() - started
+    return {
+        **{k: v for k, v in out.items() if k != "peer"},
+        "sample": sample,
+        "strategy": "setfit",
+        "seed": seed,
+        "rows": len(rows),
+        "test_hamming_loss": None,
+        "wall_s": round(wall, 1),
+    }
+
+
 def _merge(record: dict) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
     key = (record["sample"], record["strategy"], record["seed"])
@@ -221,6 +263,7 @@ def main() -> int:
     parser.add_argument("--strategy", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--baseline", action="store_true")
+    parser.add_argument("--setfit", action="store_true", help="SetFit's multi-label head")
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
     if args.summary:
@@ -228,6 +271,8 @@ def main() -> int:
         return 0
     if args.baseline:
         record = run_baseline(args.sample, args.seed)
+    elif args.setfit:
+        record = run_setfit(args.sample, args.seed)
     else:
         record = run_refit(args.sample, args.strategy, args.seed)
     _merge(record)

@@ -36,6 +36,7 @@ def _first_model(settings, store, registry) -> None:
         settings.root,
         data,
     )
+    from models.multilabel import MultiDataset
     from service.trainer import train_config
     from training import load_dataset
     from training.pipeline import train
@@ -54,9 +55,14 @@ def _first_model(settings, store, registry) -> None:
     result = train(dataset, config, registry=registry)
     # The first model's examples become the stored dataset: feedback and `append` retrains
     # build on them rather than starting over.
+    pairs = (
+        dataset.pairs()
+        if isinstance(dataset, MultiDataset)
+        else list(zip(dataset.texts, dataset.labels, strict=True))
+    )
     store.examples.add_examples(
         settings.model_name,
-        list(zip(dataset.texts, dataset.labels, strict=True)),
+        pairs,
         mode="replace",
         source="first-start",
     )
