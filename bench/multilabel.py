@@ -215,15 +215,18 @@ def _merge(record: dict) -> None:
 def summary() -> str:
     data = json.loads(RESULTS.read_text())
     lines = [
-        "| sample | strategy | chosen | rows | macro-F1 | micro-F1 | subset acc. | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| sample | strategy | seed | chosen | rows | macro-F1 | micro-F1 | subset acc. |"
+        " probe alone macro-F1 | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {"8": 0, "16": 1, "64": 2, "rows4000": 3, "all": 4}
     for r in sorted(data["runs"], key=lambda r: (order.get(r["sample"], 9), r["strategy"])):
+        probe = (r.get("details") or {}).get("probe_test_metrics")
+        probe_text = f"{probe['macro_f1']:.3f}" if probe else ""
         lines.append(
-            f"| {r['sample']} | {r['strategy']} | {r.get('chosen', '')} | {r['rows']} |"
-            f" {r['test_macro_f1']:.3f} | {r['test_micro_f1']:.3f} |"
-            f" {r['test_subset_accuracy']:.3f} | {r['wall_s']:.0f} |"
+            f"| {r['sample']} | {r['strategy']} | {r['seed']} | {r.get('chosen', '')} |"
+            f" {r['rows']} | {r['test_macro_f1']:.3f} | {r['test_micro_f1']:.3f} |"
+            f" {r['test_subset_accuracy']:.3f} | {probe_text} | {r['wall_s']:.0f} |"
         )
     _plot(data)
     return "\n".join(lines)

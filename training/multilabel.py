@@ -129,6 +129,8 @@ def train_multi_label(
     reason = decision.reason
     strategy = "feature_extraction"
     if decision.plan != "feature_extraction" or weak:
+        if test is not None:  # for benchmarks: what the probe alone scores on test (never used)
+            details["probe_test_metrics"] = _probe_on_test(bench, head, thresholds, test)
         if weak:
             reason += (
                 f"; the probe is weak ({head.selection} macro-F1 {head.selection_score:.3f}"
@@ -197,6 +199,17 @@ def train_multi_label(
         promotion.reason if promotion is not None else None,
         None,
     )
+
+
+def _probe_on_test(
+    bench: Workbench, head: Any, thresholds: Thresholds, test: MultiDataset
+) -> dict[str, float]:
+    from training.evaluate import compute_multi_metrics
+
+    probs = head.probs(bench.embed(list(test.texts))[0])
+    y = test.matrix(bench.labels)
+    m = compute_multi_metrics(y, thresholds.apply(probs), probs, bench.labels)
+    return {"macro_f1": m.macro_f1, "micro_f1": m.micro_f1 or 0.0, "subset_accuracy": m.accuracy}
 
 
 def _set_head(bench: Workbench, weight: np.ndarray, bias: np.ndarray) -> None:
