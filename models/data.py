@@ -243,8 +243,8 @@ def _csv_rows(
 
 
 def _mapping_row(where: str, item: Mapping[str, Any]) -> tuple[str, Any, Any]:
-    """`labels` (a list: multi-label) or `label`/`category` (one class)."""
-    if "labels" in item:
+    """`label`/`category` (one class) or, without them, `labels` (a list: multi-label)."""
+    if "labels" in item and "label" not in item and "category" not in item:
         return where, item.get("text"), LabelList(item["labels"])
     label = item.get("label", item.get("category"))
     return where, item.get("text"), label

@@ -51,7 +51,27 @@ def decode_label_set(value: str) -> tuple[str, ...] | None:
 
 
 def is_label_set(value: Any) -> bool:
-    return isinstance(value, LabelList) or (isinstance(value, str) and value.startswith(_SET_MARK))
+    return isinstance(value, LabelList)
+
+
+def from_store(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, Any]]:
+    """Stored `(text, label)` rows as the data readers take them: a stored label set becomes
+    a label list (only rows read back from the store are decoded: a user's label holding
+    the mark is a control character, refused)."""
+    out: list[tuple[str, Any]] = []
+    for text, value in pairs:
+        decoded = decode_label_set(value)
+        out.append((text, LabelList(list(decoded)) if decoded is not None else value))
+    return out
+
+
+def stored_labels(pairs: Iterable[tuple[str, str]]) -> set[str]:
+    """Every label of stored rows (a set's members, or the single labels)."""
+    out: set[str] = set()
+    for _, value in pairs:
+        decoded = decode_label_set(value)
+        out.update(decoded if decoded is not None else (value,))
+    return out
 
 
 @dataclass(frozen=True)
@@ -120,9 +140,6 @@ class MultiDataset:
 
 
 def _check_labels(where: str, value: Any, problems: list[str]) -> tuple[str, ...] | None:
-    if isinstance(value, str):  # the stored form
-        decoded = decode_label_set(value)
-        value = LabelList(list(decoded) if decoded is not None else [value])
     if isinstance(value, LabelList) and not isinstance(value.sent, list | tuple):
         problems.append(
             f"{where}: labels must be a list of strings, got {type(value.sent).__name__};"
@@ -216,6 +233,29 @@ def multi_split(
     n_val = round(fraction * len(rest))
     for k, i in enumerate(rest):
         side[i] = "val" if k < n_val else "train"
+    # rows placed for a rarer label may leave a later label on one side only: move one of
+    # its rows across (preferring one whose other labels keep a row on the side it leaves),
+    # and repeat while a move left another label one-sided (a few passes settle it)
+    for _ in range(8):
+        moved = False
+        for label in sorted(members, key=lambda x: (len(members[x]), x)):
+            rows = sorted(members[label], key=rank)
+            for empty, full in (("val", "train"), ("train", "val")):
+                if len(rows) < 2 or any(side[i] == empty for i in rows):
+                    continue
+                movable = [
+                    i
+                    for i in rows
+                    if all(
+                        sum(1 for r in members[x] if side[r] == full) > 1
+                        for x in dataset.label_sets[i]
+                        if x != label
+                    )
+                ]
+                side[(movable or rows)[0]] = empty
+                moved = True
+        if not moved:
+            break
     train = [i for i in range(len(dataset)) if side[i] == "train"]
     val = [i for i in range(len(dataset)) if side[i] == "val"]
     return dataset.subset(train), dataset.subset(val)
@@ -232,7 +272,7 @@ def read_label_id_tsv(path: Path, labels_path: Path) -> list[tuple[str, LabelLis
         for n, line in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
             if not line or not any(cell.strip() for cell in line):
                 continue
-            ids = line[1].split(",") if len(line) > 1 else []
+            ids = [i for i in line[1].split(",") if i.strip()] if len(line) > 1 else []
             bad = [i for i in ids if not i.strip().isdigit() or int(i) >= len(names)]
             if len(line) < 2 or bad:
                 problems.append(
@@ -240,7 +280,7 @@ def read_label_id_tsv(path: Path, labels_path: Path) -> list[tuple[str, LabelLis
                     f" comma-separated), found {line[1:2]!r}"
                 )
                 continue
-            rows.append((line[0], LabelList([names[int(i)] for i in ids if i.strip()])))
+            rows.append((line[0], LabelList([names[int(i)] for i in ids])))
     if problems:
         raise DataError(problems)
     return rows

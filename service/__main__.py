@@ -41,7 +41,9 @@ def _first_model(settings, store, registry) -> None:
     from training import load_dataset
     from training.pipeline import train
 
-    dataset = load_dataset(data)
+    dataset = load_dataset(
+        data, check_classes=False
+    )  # train() checks (and keeps rare labels stored)
     # feature extraction: a first start should take seconds, not minutes; promoted through
     # the gate (nothing in production yet: it passes)
     config = train_config(

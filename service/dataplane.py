@@ -196,7 +196,14 @@ class DataPlane:
         if shadowed:
             ctx.spawn(self._shadow_score(texts, served_rows, seconds, keep_ids))
         if self.settings.log_texts:
-            log.info("predict %r -> %s", texts, [p["label"] for p in predictions])
+            log.info(
+                "predict %r -> %s",
+                texts,
+                [
+                    p["label"] if "label" in p else [x["label"] for x in p["labels"]]
+                    for p in predictions
+                ],
+            )
         _request_series(model.name, model.version).observe(time.perf_counter() - entered)
         return JSONResponse(
             {"model": model.name, "version": model.version, "predictions": predictions},

@@ -24,7 +24,8 @@ from models.multilabel import (
     MultiDataset,
     build_multi_dataset,
     check_label_counts,
-    is_label_set,
+    decode_label_set,
+    from_store,
 )
 from service.errors import ApiError, BadRequest, TooLarge, format_errors
 from service.schemas import RetrainOptions, RetrainRequest
@@ -66,12 +67,18 @@ def accept_retrain(
     label = store.model_settings.get(model).get("out_of_scope_label") or settings.out_of_scope_label
     if isinstance(dataset, MultiDataset):
         rows = dataset.pairs()
-        together = build_multi_dataset(
-            ((f"example {n}", t, y) for n, (t, y) in enumerate([*stored, *rows])),
-            check_labels=False,
-        )
-        check_labels(set(together.classes), settings, trainable=True)
+        sets = [LabelList(list(s)) for s in dataset.label_sets]
         try:
+            together = build_multi_dataset(
+                (
+                    (f"example {n}", t, y)
+                    for n, (t, y) in enumerate(
+                        [*from_store(stored), *zip(dataset.texts, sets, strict=True)]
+                    )
+                ),
+                check_labels=False,
+            )
+            check_labels(set(together.classes), settings, trainable=True)
             check_label_counts(together.without(label).drop_rare())
         except DataError as exc:
             raise invalid(exc) from None
@@ -167,15 +174,19 @@ def stored_kind(stored: Sequence[tuple[str, str]]) -> str | None:
     """Whether stored examples are label sets (multi_label) or labels (None: none stored)."""
     if not stored:
         return None
-    return "multi_label" if is_label_set(stored[0][1]) else "single_label"
+    return "multi_label" if decode_label_set(stored[0][1]) is not None else "single_label"
 
 
 def model_kind(registry: Any, store: Any, name: str) -> str | None:
-    """The model's task: its production version's, else its stored examples' (None: new)."""
+    """The model's task as the next retrain sees it: its stored examples' (what feedback is
+    added to), else its production version's (None: a new model)."""
+    kind = stored_kind(store.examples.dataset(name))
+    if kind is not None:
+        return kind
     try:
         return registry.get(name, registry.resolve(name, "production")).metadata.task
-    except Exception:  # no production version (or the registry is away): the examples say
-        return stored_kind(store.examples.dataset(name))
+    except Exception:  # no production version (or the registry is away): anything goes
+        return None
 
 
 def check_kind(

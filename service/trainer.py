@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from models import Metrics
+from models.multilabel import from_store
 from service.settings import Settings
 from service.state import open_state
 from service.stores import StoreUnavailable
@@ -118,7 +119,7 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
         return bool(last["cancel"])
 
     try:
-        data = store.examples.dataset(job.model, upto_batch=job.batch_id)
+        data = from_store(store.examples.dataset(job.model, upto_batch=job.batch_id))
         # the model's overrides (PUT /models/{name}/settings) over the REFIT_* settings
         settings = settings.model_copy(update=store.model_settings.get(job.model))
         backbone = request.get("backbone") or "minilm"

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from models.multilabel import MultiDataset, decode_label_set
+from models.multilabel import MultiDataset, stored_labels
 from service import intake, metrics
 from service.auth import private
 from service.context import Ctx
@@ -23,15 +23,13 @@ def feedback(ctx: Ctx, body: FeedbackRequest) -> Any:
     intake.check_count(len(body.examples), ctx.settings, split="request")
     dataset = intake.validate([(e.text, e.target) for e in body.examples])
     kind = intake.model_kind(ctx.registry, ctx.store, name)
-    intake.check_kind(name, dataset, kind, "its production version or stored examples")
-    stored = ctx.store.examples.dataset(name)
+    intake.check_kind(name, dataset, kind, "its stored examples or production version")
+    known = stored_labels(ctx.store.examples.dataset(name))
     ids = {e.text: e.prediction_id for e in body.examples}
     if isinstance(dataset, MultiDataset):
-        known = {x for _, y in stored for x in decode_label_set(y) or ()}
         sent, duplicates = set(dataset.classes), dataset.merged
         pairs = dataset.pairs()
     else:
-        known = {y for _, y in stored}
         sent, duplicates = set(dataset.labels), dataset.duplicates_dropped
         pairs = list(zip(dataset.texts, dataset.labels, strict=True))
     intake.check_labels(known | sent, ctx.settings, trainable=False)

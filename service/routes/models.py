@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from models import RegistryError, RegistryUnavailable, validate_model_name
+from models.multilabel import stored_labels
 from service.context import Context, Ctx
 from service.errors import BadRequest, Conflict, NotFound
 from service.responses import JSONResponse
@@ -126,7 +127,7 @@ def put_settings(ctx: Ctx, name: str, body: ModelSettings) -> Any:
 def _check_out_of_scope_label(ctx: Context, name: str, label: str) -> None:
     """The out-of-scope label must not be one of the model's classes (in its stored
     examples or its production version): those examples would silently stop being one."""
-    classes = {y for _, y in ctx.store.examples.dataset(name)}
+    classes = stored_labels(ctx.store.examples.dataset(name))
     with contextlib.suppress(LookupError, RegistryError):
         production = ctx.registry.resolve(name, "production")
         classes |= set(ctx.registry.get(name, production).metadata.labels)

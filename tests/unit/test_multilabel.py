@@ -13,6 +13,7 @@ from models.multilabel import (
     MultiDataset,
     decode_label_set,
     encode_label_set,
+    from_store,
     is_label_set,
     multi_split,
 )
@@ -84,10 +85,15 @@ def test_stored_label_sets_round_trip_and_never_read_as_one_label() -> None:
     assert decode_label_set(stored) == ("billing", "login")
     assert decode_label_set(encode_label_set([])) == ()
     assert decode_label_set("billing") is None and not is_label_set("billing")
-    data = load_dataset(
-        [("t1", stored), ("t2", encode_label_set(["billing"]))], check_classes=False
-    )
+    rows = from_store([("t1", stored), ("t2", encode_label_set(["billing"]))])
+    data = load_dataset(rows, check_classes=False)
     assert isinstance(data, MultiDataset) and data.pairs()[0] == ("t1", stored)
+    # only rows read back from the store are decoded: a user's label with the mark is refused
+    with pytest.raises(DataError, match="control character U\\+001E"):
+        load_dataset([("t1", stored), ("t2", "x")], check_classes=False)
+    # a single-label row that also carries a `labels` field stays single-label
+    single = load_dataset([{"text": "a", "label": "x", "labels": ["y"]}], check_classes=False)
+    assert isinstance(single, Dataset) and single.labels == ("x",)
 
 
 def test_the_split_puts_every_label_on_both_sides() -> None:
@@ -101,6 +107,14 @@ def test_the_split_puts_every_label_on_both_sides() -> None:
         assert label in train.counts() and label in val.counts(), label
     again = multi_split(MultiDataset(data.texts[::-1], data.label_sets[::-1]), 0.1, seed=0)
     assert sorted(again[1].texts) == sorted(val.texts)  # order-free
+    # a label whose rows were all placed for rarer labels still gets a row on each side
+    tricky = MultiDataset(
+        ("r1", "r2", "r3", "r4", "r5", "r6"),
+        (("A", "C"), ("A",), ("B", "C"), ("B",), ("D",), ("D",)),
+    )
+    for seed in range(12):
+        train, val = multi_split(tricky, 0.1, seed=seed)
+        assert set(train.classes) == set(val.classes) == {"A", "B", "C", "D"}, seed
 
 
 def test_thresholds_per_label_with_a_global_fallback_for_rare_labels() -> None:
