@@ -137,7 +137,7 @@ def train_multi_label(
                 f" < {config.weak_probe_below:g}): fine-tuned from it (LP-FT)"
             )
         snapshot = bench.snapshot()
-        ft_thresholds, ft_details, comparison = _fine_tune(bench, thresholds, probe_val)
+        ft_thresholds, ft_details, comparison = _fine_tune(bench, probe_val)
         timings["fine_tuning_s"] = ft_details.pop("seconds")
         details["fine_tuning"] = ft_details
         details["probe_vs_fine_tuning"] = comparison.to_dict()
@@ -218,9 +218,9 @@ def _set_head(bench: Workbench, weight: np.ndarray, bias: np.ndarray) -> None:
     bench.model.set_head(torch.from_numpy(weight), torch.from_numpy(bias))
 
 
-def _fine_tune(bench: Workbench, probe_thresholds: Thresholds, probe_val: np.ndarray):
+def _fine_tune(bench: Workbench, probe_val: np.ndarray):
     """LP-FT with binary cross-entropy from the probe; thresholds on validation; the
-    paired comparison with the probe (each at its own thresholds)."""
+    paired comparison with the probe (both at thresholds chosen on validation alone)."""
     from training.finetune import fine_tune
 
     c = bench.config
@@ -243,9 +243,10 @@ def _fine_tune(bench: Workbench, probe_thresholds: Thresholds, probe_val: np.nda
     )
     assert ft.val_pred is not None and ft.recipe is not None
     thresholds = choose_thresholds(ft.val_pred, bench.y_val, tuned_on="validation")
+    probe_alike = choose_thresholds(probe_val, bench.y_val, tuned_on="validation")
     comparison = paired_bootstrap(
         bench.y_val,
-        probe_thresholds.apply(probe_val),
+        probe_alike.apply(probe_val),
         thresholds.apply(ft.val_pred),
         seed=c.seed,
     )

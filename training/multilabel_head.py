@@ -6,12 +6,15 @@ and the noise-aware comparison of two candidates.
   computes, so the coefficients are copied into the head (no pickle). C is chosen by 3-fold
   out-of-fold macro-F1 on the training split when it is small (<= 3,000 rows), else on
   validation, each at thresholds tuned on the same probabilities.
-- Thresholds: per label, the one maximising that label's F1 on held-out probabilities, for
-  labels with at least `MIN_TUNED_POSITIVES` positives there; rarer labels take the global
-  threshold (one value maximising micro-F1 over all labels).
-- Comparison: paired bootstrap over validation examples of macro-F1 (each candidate at its
-  own thresholds); the challenger is kept unless the probe is better beyond noise (the
-  95% interval of the difference lies below 0), the rule single-label models follow.
+- Thresholds: the global threshold is the one value maximising micro-F1 over all labels on
+  held-out probabilities; a label with at least `MIN_TUNED_POSITIVES` positives there gets
+  its own, maximising its F1 curve shrunk toward the micro-F1 curve (weight n / (n + 10)
+  for n positives); rarer labels take the global threshold.
+- Comparison: paired bootstrap over validation examples of macro-F1, each candidate at
+  thresholds chosen the same way on validation alone (the probe's own also saw its
+  out-of-fold predictions: compared so, it would be judged on better-tuned thresholds);
+  the challenger is kept unless the probe is better beyond noise (the 95% interval of the
+  difference lies below 0), the rule single-label models follow.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from sklearn.linear_model import LogisticRegression
 log = logging.getLogger(__name__)
 
 MIN_TUNED_POSITIVES = 5
+# a label's F1 curve is shrunk toward the micro-F1 curve of all labels with this weight (in
+# positives): with few positives a label's own curve is mostly noise, and its best threshold
+# is often "predict it almost always" (a threshold of 0.02 maximised F1 on 8 positives)
+SHRINK_POSITIVES = 10
 GRID = np.round(np.arange(0.02, 0.99, 0.02), 2)
 
 
@@ -83,12 +90,15 @@ def choose_thresholds(probs: np.ndarray, y: np.ndarray, *, tuned_on: str) -> Thr
     per_label = _f1(tp, fp, fn)  # labels x grid
     micro = _f1(tp.sum(0), fp.sum(0), fn.sum(0))
     global_threshold = float(GRID[int(np.argmax(micro))])
-    tuned = y.sum(0) >= MIN_TUNED_POSITIVES
+    positives = y.sum(0)
+    tuned = positives >= MIN_TUNED_POSITIVES
     values = np.full(y.shape[1], global_threshold, dtype=np.float32)
     for j in np.flatnonzero(tuned):
-        best = per_label[j].max()
+        weight = positives[j] / (positives[j] + SHRINK_POSITIVES)
+        curve = weight * per_label[j] + (1 - weight) * micro
+        best = curve.max()
         # among equally good thresholds, the one nearest the global threshold
-        ties = np.flatnonzero(per_label[j] >= best - 1e-12)
+        ties = np.flatnonzero(curve >= best - 1e-12)
         values[j] = GRID[ties[np.argmin(np.abs(GRID[ties] - global_threshold))]]
     return Thresholds(values, global_threshold, tuned, tuned_on, len(y))
 
