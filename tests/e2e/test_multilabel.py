@@ -125,6 +125,13 @@ def test_feedback_of_the_wrong_kind_is_refused(server: Server, trained: dict) ->
         mixed = [{"text": "a b", "labels": ["love"]}, {"text": "c d", "label": "love"}]
         r = submit(client, {"examples": mixed, "model": "ml-mixed", "mode": "replace"})
         assert r.status_code == 400 and "examples[1]: has one `label`" in r.text, r.text
+        csv = "text,labels\nso kind of you,gratitude|love\nthanks,gratitude\n"
+        r = client.post(
+            "/retrain/submit?model=ml-csv&mode=replace",
+            content=csv,
+            headers={"content-type": "text/csv"},
+        )
+        assert r.status_code == 400 and "need at least 2 labels" in r.text, r.text
         r = client.post(
             "/feedback",
             json={"examples": [{"text": "ok | then", "labels": ["a|b"]}], "model": MODEL},
