@@ -164,16 +164,18 @@ SETFIT_STEPS = {"8": 200, "64": 500}  # as in bench/peers.py
 
 def run_setfit(sample: str, seed: int) -> dict:
     """SetFit 1.2 with its one-vs-rest multi-label head, same MiniLM and sample, in the
-    peers' virtualenv (bench/peers.py makes it)."""
+    peers' virtualenv (bench/peers.py makes it). Its reported numbers use per-label
+    thresholds tuned on dev-A (at its default 0.5 it answers almost no label on small
+    samples: also recorded, `default_threshold_test_*`)."""
     from bench.peers import ensure_peer_venv, peer
     from training.backbone import default_backbone_path
 
     rows = _sample(sample, seed)
-    _, dev_b = _dev()
+    dev_a, dev_b = _dev()
     python = ensure_peer_venv()
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
-        for name, data in (("train", rows), ("test", dev_b)):
+        for name, data in (("train", rows), ("test", dev_b), ("tune", dev_a)):
             path = Path(tmp) / f"{name}.jsonl"
             path.write_text(
                 "\n".join(json.dumps({"text": t, "labels": ls}) for t, ls in data) + "\n"
@@ -184,9 +186,10 @@ def run_setfit(sample: str, seed: int) -> dict:
             python,
             "setfit_multilabel",
             str(default_backbone_path()),
-            *paths,
+            *paths[:2],
             str(SETFIT_STEPS.get(sample, 500)),
             str(Path(tmp) / "out"),
+            paths[2],
         )
         wall = time.perf_counter() - started
     return {
