@@ -354,7 +354,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
         "/retrain/submit",
         raw(b"hi,a\nho,b\n", "text/csv"),
         400,
-        "upload line 1: header must name columns `text` and `label` (or `category`)",
+        "upload line 1: header must name columns `text` and `label` (or `category`;",
     ),
     (
         "retrain-csv-extra-columns",
