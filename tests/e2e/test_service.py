@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 FIVE = sorted({label for _, label in read_banking77("train")})[10:15]
 
 
-def versions_by_worker(client: httpx.Client, text: str, rounds: int = 40) -> dict[str, str]:
-    """Which version each worker pid answers with (requests spread over both workers)."""
+def versions_by_worker(client: httpx.Client, text: str, rounds: int = 200) -> dict[str, str]:
+    """Which version each worker pid answers with (requests spread over both workers; a
+    busy machine may hand dozens of connections in a row to one of them)."""
     seen: dict[str, str] = {}
     with httpx.Client(base_url=str(client.base_url), timeout=30) as fresh:
         for _ in range(rounds):
