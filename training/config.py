@@ -173,6 +173,13 @@ class TrainConfig:
         )
         _require(self.threads is None or self.threads >= 1, "threads", ">= 1 or None", self.threads)
 
+    @property
+    def fine_tuning_budget_s(self) -> float | None:
+        """Seconds fine-tuning may take: `max_train_seconds`, else (auto) the policy's budget."""
+        if self.max_train_seconds is None and self.strategy == "auto":
+            return self.thresholds.time_budget_s
+        return self.max_train_seconds
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for `metadata.json`."""
         out = dataclasses.asdict(self)

@@ -225,9 +225,7 @@ def _fine_tune(bench: Workbench, probe_val: np.ndarray):
 
     c = bench.config
     t0 = time.perf_counter()
-    budget = c.max_train_seconds
-    if budget is None and c.strategy == "auto":
-        budget = c.thresholds.time_budget_s
+    budget = c.fine_tuning_budget_s
     ft = fine_tune(
         bench.model,
         bench.backbone.tokenizer,
@@ -279,24 +277,13 @@ def _package(
     extra_metadata: Mapping[str, Any] | None,
 ) -> ModelMetadata:
     from training.evaluate import OnnxRunner, compute_multi_metrics
-    from training.export import INT8_FILE, choose_int8, export_onnx
+    from training.export import INT8_FILE, choose_int8
+    from training.packaging import export_version
 
     config, report, labels = bench.config, bench.report, bench.labels
     staging = registry.stage(config.name)
     try:
-        t0 = time.perf_counter()
-        report("exporting", 0.0, "exporting to ONNX")
-        exported = export_onnx(
-            bench.model,
-            bench.backbone.tokenizer,
-            staging.path,
-            parity_texts=bench.val_set.texts,
-            max_length=config.max_length,
-            opset=config.opset,
-            tolerance=config.parity_tolerance,
-            quantize=config.quantize != "never",
-        )
-        timings["export_s"] = round(time.perf_counter() - t0, 2)
+        exported = export_version(bench, staging.path, timings)
         t0 = time.perf_counter()
         report("evaluating", 0.0, "scoring the held-out split")
 

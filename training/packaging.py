@@ -45,26 +45,14 @@ def package(
 ) -> ModelMetadata:
     from training.calibration import calibrate
     from training.evaluate import OnnxRunner, compute_metrics
-    from training.export import INT8_FILE, choose_int8, export_onnx
+    from training.export import INT8_FILE, choose_int8
 
     config, report, labels = bench.config, bench.report, bench.labels
     label_id = {label: i for i, label in enumerate(labels)}
     timings = trained.timings
     staging = registry.stage(config.name)
     try:
-        t0 = time.perf_counter()
-        report("exporting", 0.0, "exporting to ONNX")
-        exported = export_onnx(
-            bench.model,
-            bench.backbone.tokenizer,
-            staging.path,
-            parity_texts=bench.val_set.texts,
-            max_length=config.max_length,
-            opset=config.opset,
-            tolerance=config.parity_tolerance,
-            quantize=config.quantize != "never",
-        )
-        timings["export_s"] = round(time.perf_counter() - t0, 2)
+        exported = export_version(bench, staging.path, timings)
         report("exporting", 1.0, "parity checked")
 
         t0 = time.perf_counter()
@@ -183,6 +171,28 @@ def package(
     except BaseException:
         registry.discard(staging)
         raise
+
+
+def export_version(bench: Workbench, folder: Path, timings: dict[str, float]) -> Any:
+    """The workbench's model exported into `folder` (parity-checked, int8 unless `never`),
+    its seconds added to `timings`."""
+    from training.export import export_onnx
+
+    config = bench.config
+    t0 = time.perf_counter()
+    bench.report("exporting", 0.0, "exporting to ONNX")
+    exported = export_onnx(
+        bench.model,
+        bench.backbone.tokenizer,
+        folder,
+        parity_texts=bench.val_set.texts,
+        max_length=config.max_length,
+        opset=config.opset,
+        tolerance=config.parity_tolerance,
+        quantize=config.quantize != "never",
+    )
+    timings["export_s"] = round(time.perf_counter() - t0, 2)
+    return exported
 
 
 def _out_of_scope(

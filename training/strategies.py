@@ -217,9 +217,7 @@ def lp_ft(bench: Workbench, *, share: float) -> Candidate:
 
     c = bench.config
     t0 = time.perf_counter()
-    budget = c.max_train_seconds
-    if budget is None and c.strategy == "auto":
-        budget = c.thresholds.time_budget_s
+    budget = c.fine_tuning_budget_s
     ft = fine_tune(
         bench.model,
         bench.backbone.tokenizer,
