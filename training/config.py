@@ -55,6 +55,10 @@ class TrainConfig:
     # multi_label: read a `label` as a set of one; auto: multi-label when the data has sets
     task: Literal["auto", "single_label", "multi_label"] = "auto"
     backbone: Path | None = None  # a local Hugging Face folder; None: the packaged MiniLM
+    # backbone auto: (name, folder) of every allowed encoder (folder None: the packaged
+    # MiniLM); the cheapest unless another is better beyond noise within `max_p50_ms`
+    backbone_choices: tuple[tuple[str, Path | None], ...] = ()
+    max_p50_ms: float | None = None
     max_length: int = 128
     validation_fraction: float = 0.1
     seed: int = 0
@@ -172,6 +176,9 @@ class TrainConfig:
             self.out_of_scope_label,
         )
         _require(self.threads is None or self.threads >= 1, "threads", ">= 1 or None", self.threads)
+        _require(
+            self.max_p50_ms is None or self.max_p50_ms > 0, "max_p50_ms", "> 0", self.max_p50_ms
+        )
 
     @property
     def fine_tuning_budget_s(self) -> float | None:
@@ -186,4 +193,8 @@ class TrainConfig:
         for key in ("backbone", "cache_dir"):
             out[key] = str(out[key]) if out[key] is not None else None
         out["head_c_grid"] = list(self.head_c_grid)
+        out["backbone_choices"] = [
+            [name, str(folder) if folder is not None else None]
+            for name, folder in self.backbone_choices
+        ]
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -83,6 +84,11 @@ def train(
     if isinstance(examples, MultiDataset):
         from training.multilabel import train_multi_label
 
+        if config.backbone_choices:  # backbone auto compares single-label probes only
+            name, folder = config.backbone_choices[0]
+            log.info("backbone auto: multi-label data, %s (the first allowed) is used", name)
+            config = dataclasses.replace(config, backbone=folder, backbone_choices=())
+
         multi_test = None
         if test_data is not None:
             multi_test = _as_dataset(test_data, task="multi_label")
@@ -115,7 +121,20 @@ def train(
         described += f", {len(outside)} out of scope"
     report("validating", 1.0, described)
 
-    bench = workbench(config, report, registry, labels, train_set, val_set)
+    choice = None
+    if len(config.backbone_choices) > 1:
+        from training.backbone_choice import choose_backbone
+
+        bench, choice = choose_backbone(
+            config, lambda c: workbench(c, report, registry, labels, train_set, val_set)
+        )
+        config = bench.config
+    else:
+        if config.backbone_choices:
+            config = dataclasses.replace(
+                config, backbone=config.backbone_choices[0][1], backbone_choices=()
+            )
+        bench = workbench(config, report, registry, labels, train_set, val_set)
     decision = decide(
         dataset.counts(),
         config.thresholds,
@@ -125,6 +144,9 @@ def train(
     )
     log.info("strategy plan: %s (%s)", decision.plan, decision.reason)
     trained = _fit(bench, decision, test)
+    if choice is not None:
+        trained.details["backbone"] = choice.evidence
+        trained = dataclasses.replace(trained, reason=f"{trained.reason}; {choice.reason}")
     metadata = package(
         bench,
         trained,

@@ -13,6 +13,7 @@ from models import RegistryError, RegistryUnavailable, validate_model_name
 from models.multilabel import stored_labels
 from service.context import Context, Ctx
 from service.errors import BadRequest, Conflict, NotFound
+from service.intake import check_backbone
 from service.responses import JSONResponse
 from service.schemas import ModelSettings, PromoteRequest, error_responses
 from service.stores import ACTIVE_STATES
@@ -117,6 +118,8 @@ def put_settings(ctx: Ctx, name: str, body: ModelSettings) -> Any:
             "feature_extraction_below must not exceed fine_tuning_at"
             f" ({effective['feature_extraction_below']} > {effective['fine_tuning_at']})",
         )
+    if changes.get("backbone") is not None:
+        check_backbone(changes["backbone"], ctx.settings)
     label = changes.get("out_of_scope_label")
     if label is not None:
         _check_out_of_scope_label(ctx, name, label)
