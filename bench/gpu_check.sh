@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, from a repo checkout, with no network and no pip installs:
 #   bench/gpu_check.sh BACKBONE_DIR [--cpu] [--data DIR] [--out FILE] [--epochs N]
-# BACKBONE_DIR: a local backbone folder (`refit backbone export-fp16 DIR` makes a 44 MiB one).
+# BACKBONE_DIR: a local backbone folder (`refit backbones export-fp16 DIR` makes a 44 MiB one).
 # Uses the machine's own python3, torch, transformers, onnx and onnxruntime.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -315,6 +315,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "serve_bench.json"))
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
+        "--backbone",
+        default="minilm",
+        help="the first model's encoder (mpnet: installed first; results go to"
+        " serve_bench_<name>.json unless --out says otherwise)",
+    )
+    parser.add_argument(
         "--models",
         type=int,
         default=0,
@@ -331,18 +337,24 @@ def main() -> int:
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return 0
+    if args.backbone != "minilm" and args.out == parser.get_default("out"):
+        args.out = str(Path(args.out).with_name(f"serve_bench_{args.backbone}.json"))
     n_latency = 30 if args.quick else 500
     n_throughput = 128 if args.quick else 3000
     test_texts = [t for t, _ in banking77_texts("test")][:n_throughput]
     tmp = Path(tempfile.mkdtemp(prefix="refit-bench-"))
     data_path = first_model_csv(tmp)
     # the first model is built with both graphs; the service then serves one or the other
+    backbone = {"REFIT_BACKBONE": args.backbone}
+    if args.backbone != "minilm":  # installed with `refit backbones install`
+        backbone["REFIT_BACKBONES"] = args.backbone
     server = make_server(
         tmp,
         REFIT_DEFAULT_DATA=str(data_path),
         REFIT_API_TOKEN="",
         REFIT_THREADS="1",
         REFIT_QUANTIZE="always",
+        **backbone,
     )
     graphs: dict[str, dict] = {}
     assert server.env["REFIT_QUANTIZE"] == "always"
@@ -388,6 +400,7 @@ def main() -> int:
             "platform": platform.platform(),
         },
         "model": {
+            "backbone": mv.metadata.backbone.name,
             "labels": len(mv.metadata.labels),
             "version": mv.version,
             "strategy": mv.metadata.strategy,

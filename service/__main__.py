@@ -37,7 +37,7 @@ def _first_model(settings, store, registry) -> None:
         data,
     )
     from models.multilabel import MultiDataset
-    from service.trainer import train_config
+    from service.trainer import backbone_options, train_config
     from training import load_dataset
     from training.pipeline import train
 
@@ -49,6 +49,7 @@ def _first_model(settings, store, registry) -> None:
     config = train_config(
         settings,
         name=settings.model_name,
+        **backbone_options(settings, settings.backbone),
         strategy="feature_extraction",
         promote="auto",
         threads=None,

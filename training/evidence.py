@@ -36,9 +36,9 @@ class PairedComparison:
     def a_better(self, alpha: float = ALPHA) -> bool:
         return self.a_only_right > self.b_only_right and self.p_value < alpha
 
-    def summary(self, a: str, b: str) -> str:
+    def summary(self, a: str, b: str, basis: str = "validation") -> str:
         return (
-            f"validation macro-F1 {b} {self.b_macro_f1:.4f} vs {a} {self.a_macro_f1:.4f} "
+            f"{basis} macro-F1 {b} {self.b_macro_f1:.4f} vs {a} {self.a_macro_f1:.4f} "
             f"on {self.n} examples ({b} alone right on {self.b_only_right}, {a} alone on "
             f"{self.a_only_right}; McNemar p={self.p_value:.3g}; 95% CI of the difference "
             f"[{self.delta_ci[0]:+.4f}, {self.delta_ci[1]:+.4f}])"

@@ -27,6 +27,9 @@ class LinearHead:
     label_names: bool = False  # the label names were added as one example per class
     selection: str = "validation"
     selection_score: float = 0.0  # the chosen option's macro-F1 (cross-validated or validation)
+    # the best of several options scored on the same folds is optimistic: the selection
+    # bias estimated per fold (Tibshirani & Tibshirani 2009) and taken off (CV only)
+    selection_bias: float = 0.0
     # the chosen option's out-of-fold logits on the training split (cross-validation only):
     # held-out evidence for calibration that few-shot validation splits are too small for
     oof_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -35,10 +38,16 @@ class LinearHead:
         """Class ids as served: argmax of the softmax logits."""
         return np.argmax(x @ self.weight.T + self.bias, axis=1)
 
+    @property
+    def honest_score(self) -> float:
+        """The chosen option's cross-validated macro-F1 less the selection bias."""
+        return self.selection_score - self.selection_bias
+
     def chance_corrected(self, num_labels: int) -> float:
-        """How far above chance the probe is: 0 at chance (1/K), 1 perfect (Cohen-style)."""
+        """How far above chance the probe is: 0 at chance (1/K), 1 perfect (Cohen-style),
+        on the bias-corrected score (one lucky option among six must not look strong)."""
         chance = 1.0 / max(num_labels, 2)
-        return (self.selection_score - chance) / (1 - chance)
+        return (self.honest_score - chance) / (1 - chance)
 
 
 def _to_softmax_params(model: LogisticRegression, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +84,23 @@ def _logits(model: LogisticRegression, x: np.ndarray, num_labels: int) -> np.nda
     return x @ weight.T + bias
 
 
-def _cv_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+def fit_predict(
+    c: float,
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_pred: np.ndarray,
+    num_labels: int,
+    *,
+    names: np.ndarray | None,
+    max_iter: int,
+    seed: int,
+) -> np.ndarray:
+    """Class ids from a probe with fixed options fit on (x_fit, y_fit): for held-out
+    estimates that must not choose anything."""
+    return _predict(_fit(c, x_fit, y_fit, names, max_iter, seed), x_pred, num_labels)
+
+
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     """Stratified fold ids: each class's members dealt round-robin after a seeded shuffle."""
     rng = np.random.default_rng(seed)
     fold_of = np.zeros(len(y), dtype=np.int64)
@@ -115,8 +140,9 @@ def fit_probe(
         options += [(c, True) for c in c_grid]
     counts = np.bincount(y_train, minlength=num_labels)
     use_cv = len(y_train) <= cv_max_examples and counts.min() >= 2
-    folds = _cv_folds(y_train, min(cv_folds, int(counts.min())), seed) if use_cv else []
+    folds = stratified_folds(y_train, min(cv_folds, int(counts.min())), seed) if use_cv else []
     search: dict[str, float] = {}
+    fold_scores: list[list[float]] = []  # per option, macro-F1 on each held-out fold
     best: tuple[float, float, bool, LogisticRegression | None, np.ndarray | None] | None = None
     for step, (c, with_names) in enumerate(options, start=1):
         started = time.perf_counter()
@@ -131,6 +157,12 @@ def fit_probe(
                 oof_logits[held] = _logits(fold_model, x_train[held], num_labels)
             oof = oof_logits.argmax(axis=1)
             score = float(f1_score(y_train, oof, average="macro", zero_division=0))
+            fold_scores.append(
+                [
+                    float(f1_score(y_train[h], oof[h], average="macro", zero_division=0))
+                    for h in folds
+                ]
+            )
         else:
             model = _fit(c, x_train, y_train, names, max_iter, seed)
             pred = _predict(model, x_val, num_labels)
@@ -150,6 +182,11 @@ def fit_probe(
             on_step(step, len(options), f"head {key} macro-F1 {score:.4f}")
     assert best is not None
     selection_score, c, with_names, model, oof_logits = best
+    optimism = 0.0
+    if fold_scores:  # Tibshirani & Tibshirani: mean over folds of (fold's best - chosen's)
+        table = np.asarray(fold_scores)
+        chosen = options.index((c, with_names))
+        optimism = float(np.mean(table.max(axis=0) - table[chosen]))
     if model is None:
         model = _fit(c, x_train, y_train, name_vectors if with_names else None, max_iter, seed)
     if len(model.classes_) != num_labels:  # every class is in train by construction
@@ -167,5 +204,6 @@ def fit_probe(
         label_names=with_names,
         selection="cross-validation" if use_cv else "validation",
         selection_score=round(selection_score, 6),
+        selection_bias=round(optimism, 6),
         oof_logits=oof_logits,
     )

@@ -19,7 +19,7 @@ from training.config import TrainConfig
 from training.packaging import Trained, package
 from training.policy import Decision, adapts_anyway, decide
 from training.progress import CancelCheck, ProgressCallback, Reporter
-from training.selection import Reason, compare
+from training.selection import Reason, Selection, compare
 from training.strategies import Workbench, contrastive, embed_split, lp_ft, probe
 
 log = logging.getLogger(__name__)
@@ -261,8 +261,22 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
         else None
     )
     challenger = None
-    if weak and not fine_tune_plan:
-        challenger = contrastive(bench)
+    estimate = None
+    if weak and not fine_tune_plan:  # adapt only if an honest estimate says it pays
+        from training.crossfit import crossfit_contrastive
+
+        estimate = crossfit_contrastive(bench, steps=config.contrastive_steps, share=(share, 0.6))
+        timings["honest_estimate_s"] = estimate.seconds
+        details["honest_estimate"] = {
+            **estimate.details,
+            "steps_per_half": estimate.steps_per_half,
+            "probe_vs_contrastive": estimate.comparison.to_dict(),
+            "adapt": estimate.adapt,
+        }
+        if estimate.adapt:
+            challenger = contrastive(bench, share=(0.6, 0.95))
+        else:
+            report("training", 1.0, "probe kept")
     elif may_adapt and not weak:
         report("training", 1.0, "probe kept")
     if fine_tune_plan:
@@ -270,7 +284,11 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
             details["probe_test_metrics"] = _probe_on_test(bench, test)
         challenger = lp_ft(bench, share=share)
     selection = None
-    if challenger is not None:
+    if challenger is not None and estimate is not None:
+        selection = Selection(
+            challenger, challenger, False, False, details["honest_estimate"], estimate.summary()
+        )
+    elif challenger is not None:
         selection = compare(
             bench.y_val,
             first,
@@ -293,7 +311,7 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
             details["probe_vs_fine_tuning"] = selection.evidence
     bench.model.to("cpu").float().eval()
     kept = selection.kept if selection is not None else first
-    reason = Reason(decision.reason, weak_text, selection)
+    reason = Reason(decision.reason, weak_text, selection, estimate)
     strategy = "feature_extraction" if kept is first else "fine_tuning"
     return Trained(strategy, reason.text(), decision, details, timings)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from training.crossfit import CrossFit
 from training.strategies import Candidate
 
 _SUMMARY_NAMES = {"contrastive": "contrastive", "fine_tuning": "fine-tuning"}
@@ -52,10 +53,25 @@ class Reason:
     decision: str
     weak_probe: str | None = None  # "the probe is weak (...)" when it was adapted anyway
     selection: Selection | None = None
+    estimate: CrossFit | None = None  # few-shot: the cross-fitted probe vs contrastive
 
     def text(self) -> str:
         parts = [self.decision]
         s, weak = self.selection, self.weak_probe
+        if self.estimate is not None:
+            how = (
+                "an honest estimate (2-fold cross-fitting on the training split: the encoder"
+                " adapted on one half, the probe scored on the other; "
+                f"{self.estimate.summary()})"
+            )
+            if s is None:
+                parts.append(f"{weak}; {how} does not favour contrastive fine-tuning: probe kept")
+            else:
+                parts.append(
+                    f"{weak}; {how} favours contrastive few-shot fine-tuning: trained on all"
+                    f" examples ({s.challenger.details['steps']} steps) with a new probe"
+                )
+            return "; ".join(parts)
         if s is not None and s.challenger.name == "contrastive":
             if s.kept.name == "probe":
                 parts.append(

@@ -162,6 +162,7 @@ def probe(bench: Workbench, *, share: float, keep_snapshot: bool) -> Candidate:
         "label_names": head.label_names,
         "selection": head.selection,
         "strength": round(head.chance_corrected(len(bench.labels)), 4),
+        "selection_bias": head.selection_bias,
         "validation_macro_f1": head.validation_macro_f1,
         "search": head.search,
     }
@@ -174,7 +175,7 @@ def probe(bench: Workbench, *, share: float, keep_snapshot: bool) -> Candidate:
     )
 
 
-def contrastive(bench: Workbench) -> Candidate:
+def contrastive(bench: Workbench, *, share: tuple[float, float] = (0.2, 0.95)) -> Candidate:
     """SetFit-style contrastive fine-tuning of the encoder, then a new probe on it."""
     from training.contrastive import contrastive_adapt
 
@@ -193,7 +194,9 @@ def contrastive(bench: Workbench) -> Candidate:
         device=bench.device,
         seed=c.seed,
         time_budget_s=c.contrastive_time_budget_s,
-        on_step=lambda i, n, msg: bench.report("training", 0.2 + 0.75 * i / n, msg),
+        on_step=lambda i, n, msg: bench.report(
+            "training", share[0] + (share[1] - share[0]) * i / n, msg
+        ),
     )
     head, pred = bench.refit_probe(c.head_c_grid, cv=True, names=c.label_name_prior)
     details = {

@@ -268,6 +268,15 @@ def test_per_model_settings_are_stored_shown_and_used_by_the_next_retrain(models
         assert bad.status_code == 400 and "must not exceed" in bad.json()["error"]
         negative = c.put(url, json={"retrain_min_pending": -1})
         assert negative.status_code == 422 and "retrain_min_pending" in negative.json()["error"]
+        unknown = c.put(url, json={"backbone": "mpnet"})  # not in this server's REFIT_BACKBONES
+        assert unknown.status_code == 400
+        assert unknown.json()["error"] == "unknown backbone 'mpnet'; allowed: minilm, auto"
+        assert "refit backbones install mpnet" in unknown.json()["fix"]
+        auto = c.put(url, json={"backbone": "auto", "max_p50_ms": 12.5})
+        assert auto.status_code == 200, auto.text
+        assert auto.json()["effective"]["backbone"] == "auto"
+        assert auto.json()["effective"]["max_p50_ms"] == 12.5
+        assert c.put(url, json={"backbone": None, "max_p50_ms": None}).json()["overrides"] == {}
         r = c.put(url, json={"feature_extraction_below": 900, "fine_tuning_at": 1000})
         assert r.status_code == 200, r.text
         shown = c.get("/models/intents6").json()["settings"]

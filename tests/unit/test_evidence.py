@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from training.evidence import noise_margin, paired_compare
-from training.head import _cv_folds, fit_probe, label_name_text
+from training.head import fit_probe, label_name_text, stratified_folds
 
 
 def test_paired_compare_needs_disagreements_not_scores() -> None:
@@ -42,7 +42,7 @@ def test_noise_margin_shrinks_with_more_examples() -> None:
 
 def test_cv_folds_are_stratified_and_cover_everything() -> None:
     y = np.repeat(np.arange(4), 7)
-    folds = _cv_folds(y, 3, seed=0)
+    folds = stratified_folds(y, 3, seed=0)
     assert sorted(np.concatenate(folds).tolist()) == list(range(len(y)))
     for fold in folds:
         assert set(np.bincount(y[fold], minlength=4).tolist()) <= {2, 3}

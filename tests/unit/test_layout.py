@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 # service modules that run training (the trainer process, `refit train`, the first start)
-TRAINING_SIDE = {"trainer.py", "cli_train.py", "cli.py", "__main__.py"}
+TRAINING_SIDE = {"trainer.py", "cli_train.py", "cli_backbones.py", "cli.py", "__main__.py"}
 
 
 def imported(path: Path) -> set[str]:
