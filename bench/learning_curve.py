@@ -138,6 +138,9 @@ def one_run(args: argparse.Namespace) -> int:
         "probe": result.details.get("probe"),
         "probe_test_metrics": result.details.get("probe_test_metrics"),
         "probe_vs_fine_tuning": result.details.get("probe_vs_fine_tuning"),
+        "honest_estimate": result.details.get("honest_estimate"),
+        "contrastive": result.details.get("contrastive"),
+        "backbone": meta.backbone.name,
         "timings": result.timings,
     }
     sys.stdout.write("RESULT " + json.dumps(record) + "\n")
@@ -181,7 +184,10 @@ def rederive(runs: list[dict], classes: int) -> list[dict]:
     Real `auto` runs that used the opt-in contrastive step are kept as `auto_contrastive`."""
     real = [r for r in runs if not r.get("derived_from")]
     for r in real:
-        if r["strategy"] == "auto" and "contrastive few-shot" in (r.get("reason") or ""):
+        old_opt_in = "contrastive few-shot" in (r.get("reason") or "") and "honest" not in (
+            r.get("reason") or ""
+        )
+        if r["strategy"] == "auto" and old_opt_in:
             r["strategy"] = "auto_contrastive"
     have = {(r["size"], r["strategy"], r["seed"], r["device"]) for r in real}
     out = list(real)

@@ -73,11 +73,12 @@ class TrainConfig:
     )  # on ties the first wins: 10 is best on intent data (docs/policy.md)
     head_max_iter: int = 500
     label_name_prior: bool = True  # offer the label names as examples (kept if CV agrees)
-    # few labels and a weak probe (chance-corrected macro-F1 below `weak_probe_below`): the
-    # encoder is adapted anyway, by LP-FT, or with `contrastive_steps` > 0 (opt-in) by
-    # SetFit-style contrastive fine-tuning (docs/policy.md has the numbers for both)
+    # few labels and a weak probe (chance-corrected, selection-bias-corrected CV macro-F1
+    # below `weak_probe_below`): SetFit-style contrastive fine-tuning of the encoder when a
+    # cross-fitted estimate on the training split favours it (training/crossfit.py);
+    # `contrastive_steps` 0: LP-FT instead, as before (docs/policy.md has the numbers)
     weak_probe_below: float = 0.6
-    contrastive_steps: int = 0
+    contrastive_steps: int = 80
     contrastive_batch_size: int = 32
     contrastive_learning_rate: float = 2e-5
     contrastive_time_budget_s: float = 120.0

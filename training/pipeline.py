@@ -269,7 +269,7 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
         timings["honest_estimate_s"] = estimate.seconds
         details["honest_estimate"] = {
             **estimate.details,
-            "steps_per_half": estimate.steps_per_half,
+            "steps_per_fold": estimate.steps_per_fold,
             "probe_vs_contrastive": estimate.comparison.to_dict(),
             "adapt": estimate.adapt,
         }

@@ -60,8 +60,8 @@ class Reason:
         s, weak = self.selection, self.weak_probe
         if self.estimate is not None:
             how = (
-                "an honest estimate (2-fold cross-fitting on the training split: the encoder"
-                " adapted on one half, the probe scored on the other; "
+                "an honest estimate (3-fold cross-fitting on the training split: the encoder"
+                " adapted on two folds, the probe scored on the third; "
                 f"{self.estimate.summary()})"
             )
             if s is None:

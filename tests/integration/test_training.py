@@ -320,10 +320,11 @@ def trec_slice(per_class: int) -> list[tuple[str, str]]:
 
 
 def test_weak_probe_with_few_labels_is_fine_tuned_anyway(tmp_path: Path) -> None:
-    """TREC question types: the frozen probe is weak, so auto fine-tunes even at 8/class."""
+    """TREC question types: the frozen probe is weak, so auto fine-tunes even at 8/class
+    (LP-FT when the contrastive step is turned off)."""
     result = train(
         trec_slice(8),
-        TrainConfig(name="trec", min_steps=12, max_epochs=4),
+        TrainConfig(name="trec", min_steps=12, max_epochs=4, contrastive_steps=0),
         registry=Registry(tmp_path),
     )
     meta = result.metadata
@@ -337,20 +338,32 @@ def test_weak_probe_with_few_labels_is_fine_tuned_anyway(tmp_path: Path) -> None
     assert meta.strategy == expected
 
 
-def test_contrastive_few_shot_adaptation_is_opt_in(tmp_path: Path) -> None:
+def test_a_weak_probe_is_adapted_only_when_cross_fitting_favours_it(tmp_path: Path) -> None:
     result = train(
         trec_slice(8),
         TrainConfig(name="trec", contrastive_steps=12, contrastive_batch_size=24),
         registry=Registry(tmp_path),
     )
     meta = result.metadata
-    contrastive = result.details["contrastive"]
-    assert contrastive["probe_strength"] < 0.6
-    assert contrastive["steps"] == 12
-    assert contrastive["kept"] == (meta.strategy == "fine_tuning")
+    assert result.details["probe"]["strength"] < 0.6
+    estimate = result.details["honest_estimate"]
+    assert estimate["folds"] == 3 and estimate["steps_per_fold"] == 8
+    assert estimate["examples"] == meta.data.train_count == 42  # out-of-fold: every one
+    paired = estimate["probe_vs_contrastive"]
+    assert paired["n"] == 42
+    ahead = paired["b_macro_f1"] > paired["a_macro_f1"] and (
+        paired["b_only_right"] > paired["a_only_right"]
+    )
+    assert estimate["adapt"] == ahead
+    assert ("contrastive" in result.details) == ahead
+    assert meta.strategy == ("fine_tuning" if ahead else "feature_extraction")
+    assert "an honest estimate (3-fold cross-fitting on the training split" in meta.reason
+    assert "out-of-fold macro-F1 contrastive" in meta.reason
+    assert ("favours contrastive few-shot fine-tuning" in meta.reason) == ahead
     assert "fine_tuning" not in result.details  # instead of LP-FT, not as well
-    assert "contrastive few-shot" in meta.reason and "McNemar" in meta.reason
-    assert meta.onnx.parity_max_abs_diff <= 1e-4  # the adapted encoder exports like any other
+    if ahead:
+        assert result.details["contrastive"]["steps"] == 12
+    assert meta.onnx.parity_max_abs_diff <= 1e-4  # an adapted encoder exports like any other
 
 
 def test_small_data_fine_tuning_reaches_its_steps_and_refits_the_head(tmp_path: Path) -> None:

@@ -68,6 +68,36 @@ def test_label_names_are_kept_only_when_cross_validation_agrees() -> None:
     assert set(helpful.search) == {"10", "1", "10+names", "1+names"}
 
 
+def test_the_best_of_several_options_is_corrected_for_its_luck() -> None:
+    """Pure noise: every option is at chance, the best one looks better only by luck. The
+    Tibshirani correction takes (most of) that luck off; one option has none to take."""
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 8)
+    x = rng.normal(size=(len(y), 16))
+    grid = (10.0, 1.0, 100.0, 0.01)
+    lucky = fit_probe(x, y, x[:4], y[:4], 4, c_grid=grid, max_iter=500, seed=0)
+    assert lucky.selection_score == max(lucky.search.values()) == 0.397817
+    assert lucky.selection_bias == 0.040079  # mean over folds of (fold's best - chosen's)
+    assert lucky.honest_score == lucky.selection_score - lucky.selection_bias
+    assert lucky.chance_corrected(4) == (lucky.honest_score - 0.25) / 0.75
+    single = fit_probe(x, y, x[:4], y[:4], 4, c_grid=(10.0,), max_iter=500, seed=0)
+    assert single.selection_bias == 0.0 and single.honest_score == single.selection_score
+
+
+def test_cross_fitting_adapts_only_when_ahead_on_both_counts() -> None:
+    from training.crossfit import CrossFit
+
+    y = np.array([0, 0, 1, 1, 2, 2])
+
+    def estimate(probe: list[int], adapted: list[int]) -> CrossFit:
+        return CrossFit(paired_compare(y, np.array(probe), np.array(adapted)), 8, 1.0)
+
+    assert estimate([0, 0, 1, 2, 2, 1], [0, 0, 1, 1, 2, 1]).adapt  # one more right
+    assert not estimate([0, 0, 1, 1, 2, 1], [0, 0, 1, 1, 2, 1]).adapt  # a tie: the probe
+    assert not estimate([0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 1]).adapt
+    assert "out-of-fold macro-F1 contrastive" in estimate([0] * 6, [0] * 6).summary()
+
+
 def test_label_name_text() -> None:
     assert label_name_text("card_arrival") == "card arrival"
     assert label_name_text("Top-Up  limits") == "top up limits"
