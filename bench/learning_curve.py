@@ -184,10 +184,9 @@ def rederive(runs: list[dict], classes: int) -> list[dict]:
     Real `auto` runs that used the opt-in contrastive step are kept as `auto_contrastive`."""
     real = [r for r in runs if not r.get("derived_from")]
     for r in real:
-        old_opt_in = "contrastive few-shot" in (r.get("reason") or "") and "honest" not in (
-            r.get("reason") or ""
-        )
-        if r["strategy"] == "auto" and old_opt_in:
+        if r["strategy"] == "auto" and r.get("honest_estimate"):
+            r["strategy"] = "auto_contrastive_cross_fit"  # opt-in, issue 26
+        elif r["strategy"] == "auto" and "contrastive" in (r.get("reason") or ""):
             r["strategy"] = "auto_contrastive"
     have = {(r["size"], r["strategy"], r["seed"], r["device"]) for r in real}
     out = list(real)

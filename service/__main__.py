@@ -91,7 +91,11 @@ def main() -> int:
         sys.stderr.write(f"refit: invalid settings:\n{exc}\n")
         return 2
     settings.root.mkdir(parents=True, exist_ok=True)
-    ensure_production_model(settings)
+    try:
+        ensure_production_model(settings)
+    except ValueError as exc:  # e.g. REFIT_BACKBONE names an encoder that is not installed
+        sys.stderr.write(f"refit: cannot train the first model: {exc}\n")
+        return 2
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

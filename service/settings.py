@@ -101,11 +101,12 @@ class Settings(BaseSettings):
         "(more epochs, up to 40)",
     )
     contrastive_steps: int = Field(
-        80,
+        0,
         ge=0,
         le=10000,
         description="policy: with few labels and a weak probe, adapt the encoder by this many "
-        "steps of contrastive fine-tuning when a cross-fitted estimate favours it (0: LP-FT)",
+        "steps of contrastive fine-tuning (80 is a good value) when a cross-fitted estimate"
+        " favours it, instead of LP-FT (0, the default: LP-FT)",
     )
     default_data: Path | None = Field(
         None,

@@ -70,6 +70,8 @@ def single_text_p50_ms(bench: Workbench, texts: list[str], rounds: int = 24) -> 
                 ).to(bench.device)
                 started = time.perf_counter()
                 model(batch["input_ids"], batch["attention_mask"])
+                if bench.device.type == "cuda":  # kernels run asynchronously
+                    torch.cuda.synchronize()
                 if i >= 3:  # the first three warm up
                     times.append((time.perf_counter() - started) * 1000)
     finally:

@@ -74,11 +74,11 @@ class TrainConfig:
     head_max_iter: int = 500
     label_name_prior: bool = True  # offer the label names as examples (kept if CV agrees)
     # few labels and a weak probe (chance-corrected, selection-bias-corrected CV macro-F1
-    # below `weak_probe_below`): SetFit-style contrastive fine-tuning of the encoder when a
-    # cross-fitted estimate on the training split favours it (training/crossfit.py);
-    # `contrastive_steps` 0: LP-FT instead, as before (docs/policy.md has the numbers)
+    # below `weak_probe_below`): LP-FT; or, with `contrastive_steps` > 0 (opt-in),
+    # SetFit-style contrastive fine-tuning of the encoder when a cross-fitted estimate on
+    # the training split favours it (training/crossfit.py; docs/policy.md has the numbers)
     weak_probe_below: float = 0.6
-    contrastive_steps: int = 80
+    contrastive_steps: int = 0
     contrastive_batch_size: int = 32
     contrastive_learning_rate: float = 2e-5
     contrastive_time_budget_s: float = 120.0

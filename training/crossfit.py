@@ -101,7 +101,7 @@ def crossfit_contrastive(bench: Workbench, *, steps: int, share: tuple[float, fl
                 max_length=c.max_length,
                 device=bench.device,
                 seed=c.seed + f,
-                time_budget_s=c.contrastive_time_budget_s / n_folds,
+                time_budget_s=c.contrastive_time_budget_s * (n_folds - 1) / n_folds,
                 on_step=lambda i, n, msg, f=f: bench.report(
                     "training",
                     lo + (hi - lo) * (f + i / n) / n_folds,

@@ -247,8 +247,10 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
     weak = config.strategy == "auto" and adapts_anyway(
         decision.plan, strength, config.weak_probe_below
     )
+    # cross-fitting needs every class on both sides of each fold: two training examples
+    can_cross_fit = int(np.bincount(bench.y_train).min()) >= 2
     fine_tune_plan = decision.plan != "feature_extraction" or (
-        weak and config.contrastive_steps == 0
+        weak and (config.contrastive_steps == 0 or not can_cross_fit)
     )
     if weak or fine_tune_plan:  # the probe as it is, restored if it stays the better model
         first.snapshot = bench.snapshot()
@@ -298,6 +300,7 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
         )
         if selection.kept is first:
             bench.restore(first)
+    if challenger is not None and selection is not None:
         timings.update(challenger.timings)
         if challenger.name == "contrastive":
             details["contrastive"] = {

@@ -1,8 +1,9 @@
 """Choosing between the probe and the challenger that adapted the encoder, and saying why.
 
-One rule for both challengers (contrastive, LP-FT): the challenger is kept unless the probe
-is better beyond noise on the same validation examples (McNemar, training/evidence.py); a
-forced strategy keeps the challenger. The reason is rendered from this structured
+LP-FT is kept unless the probe is better beyond noise on the same validation examples
+(McNemar, training/evidence.py); a forced strategy keeps the challenger. Contrastive
+adaptation is decided before it runs, by the cross-fitted estimate (training/crossfit.py).
+The reason is rendered from this structured
 evidence, not grown by hand across branches.
 """
 
@@ -59,9 +60,10 @@ class Reason:
         parts = [self.decision]
         s, weak = self.selection, self.weak_probe
         if self.estimate is not None:
+            folds = self.estimate.details.get("folds", 3)
             how = (
-                "an honest estimate (3-fold cross-fitting on the training split: the encoder"
-                " adapted on two folds, the probe scored on the third; "
+                f"an honest estimate ({folds}-fold cross-fitting on the training split: the"
+                " encoder adapted on the other folds, the probe scored on the held-out one; "
                 f"{self.estimate.summary()})"
             )
             if s is None:

@@ -6,7 +6,7 @@ progress reporter); `training/selection.py` decides which candidate is kept.
 1. `probe`: frozen embeddings (cached) and a tuned logistic-regression head. Every plan
    starts here.
 2. `contrastive`: SetFit-style contrastive fine-tuning of the encoder and a new probe
-   (few labels, a weak probe, opt-in with `contrastive_steps`).
+   (few labels, a weak probe, `contrastive_steps` > 0, and a cross-fitted estimate for it).
 3. `lp_ft`: fine-tuning of all weights from the probe (LP-FT, Kumar et al. 2022).
 """
 
