@@ -75,6 +75,41 @@ def score(
     return Scored(probs, detector.flags(probs, outputs[1] if len(outputs) > 1 else None))
 
 
+def score_and_embed(
+    session: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    pad_id: int,
+    temperature: float = 1.0,
+    detector: Detector | None = None,
+    thresholds: np.ndarray | None = None,
+) -> tuple[Scored, np.ndarray | None]:
+    """`score` and the pooled sentence embeddings from one run of the graph (the labeling
+    queue ranks by both); embeddings None for a graph without the `pooled` output."""
+    names = {o.name for o in session.get_outputs()}
+    if "pooled" not in names:
+        return score(
+            session,
+            tokenizer,
+            texts,
+            pad_id=pad_id,
+            temperature=temperature,
+            detector=detector,
+            thresholds=thresholds,
+        ), None
+    if thresholds is not None:
+        probs, pooled = run(
+            session, tokenizer, texts, pad_id=pad_id, outputs=("probabilities", "pooled")
+        )
+        chosen = probs >= thresholds
+        return Scored(probs, ~chosen.any(axis=1), chosen), pooled
+    logits, pooled = run(session, tokenizer, texts, pad_id=pad_id, outputs=("logits", "pooled"))
+    probs = softmax(logits / temperature)
+    flags = detector.flags(probs, pooled) if detector is not None else np.zeros(len(probs), bool)
+    return Scored(probs, flags), pooled
+
+
 def predict_proba(
     session: Any,
     tokenizer: Any,

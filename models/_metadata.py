@@ -150,6 +150,16 @@ class MultiLabel(_Frozen):
     )
 
 
+class Suspect(_Frozen):
+    """A training example whose label looks wrong to a probe that never saw it."""
+
+    text: str
+    label: str = Field(description="the label it was trained with")
+    suggested: str = Field(description="the label the out-of-fold probe is confident in")
+    label_probability: float
+    suggested_probability: float
+
+
 class ModelMetadata(_Frozen):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -177,6 +187,9 @@ class ModelMetadata(_Frozen):
     task: Literal["single_label", "multi_label"] = "single_label"
     multi_label: MultiLabel | None = Field(None, description="multi-label versions: thresholds")
     parent_version: str | None = None
+    suspects: list[Suspect] | None = Field(
+        None, description="label-error hints on the training split (None: not computed)"
+    )
     files: dict[str, str] = Field(
         default_factory=dict, description="sha256 of every file of the version but metadata.json"
     )

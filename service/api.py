@@ -11,9 +11,22 @@ from fastapi.routing import APIRoute
 from service import errors
 from service.auth import require_token
 from service.responses import JSONResponse
-from service.routes import feedback, health, jobs, models, predict, shadow
+from service.routes import (
+    console,
+    feedback,
+    health,
+    jobs,
+    labeling,
+    models,
+    predict,
+    shadow,
+    suspects,
+)
 
-ROUTERS = tuple(family.router for family in (models, shadow, feedback, jobs, health, predict))
+ROUTERS = tuple(
+    family.router
+    for family in (models, shadow, feedback, labeling, suspects, jobs, health, predict, console)
+)
 
 
 def api_routes() -> list[APIRoute]:

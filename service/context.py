@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Coroutine
 from typing import Annotated, Any
@@ -77,6 +78,9 @@ class Context:
         self.traffic: dict[tuple[str, str], list[float]] = {}
         self.uncertain: list[tuple[str, str, float, str, float]] = []
         self.served_ids: list[tuple[Any, ...]] = []
+        # texts worth a label of models whose `store_texts` is on (the labeling queue)
+        self.queue_inputs: list[tuple[str, dict[str, Any]]] = []
+        self._stores_texts: dict[str, tuple[bool, float]] = {}
         self.runner = JobRunner(settings, self.store, self.registry)
         self.dataplane = DataPlane(self)
         self.swap(force=True)
@@ -97,6 +101,15 @@ class Context:
     def settings_for(self, name: str) -> Settings:
         """REFIT_* settings with `name`'s overrides (PUT /models/{name}/settings) applied."""
         return self.settings.model_copy(update=self.overrides(name))
+
+    def stores_texts(self, name: str) -> bool:
+        """Whether `name` queues served texts for labeling (its `store_texts` setting), read
+        from the store at most every 5 s: this is asked on the prediction path."""
+        now = time.monotonic()
+        known = self._stores_texts.get(name)
+        if known is None or now - known[1] > 5.0:
+            known = self._stores_texts[name] = (self.settings_for(name).store_texts, now)
+        return known[0]
 
     def effective_settings(self, name: str) -> dict[str, Any]:
         overrides = self.overrides(name)

@@ -192,6 +192,9 @@ class DataPlane:
             worth_a_label = outside or score < self.settings.uncertain_below
             if default and worth_a_label and len(ctx.uncertain) < 1000:
                 ctx.uncertain.append((model.version, traffic_key, round(score, 6), text, now))
+            if worth_a_label and len(ctx.queue_inputs) < 1000 and ctx.stores_texts(model.name):
+                item = {"text": text, "prediction_id": prediction_id, "out_of_scope": outside}
+                ctx.queue_inputs.append((model.name, item))
             predictions.append(prediction)
         if shadowed:
             ctx.spawn(self._shadow_score(texts, served_rows, seconds, keep_ids))
@@ -254,6 +257,12 @@ class DataPlane:
         ]
         if keep:
             ctx.served_ids.extend(scored)
+        if ctx.stores_texts(shadow.name):  # disagreements are worth a label
+            ctx.queue_inputs.extend(
+                (shadow.name, {"text": text, "prediction_id": row[0], "disagree": True})
+                for text, row in zip(texts, scored, strict=True)
+                if row[3] != row[7] and len(ctx.queue_inputs) < 1000
+            )
         agreed = sum(row[3] == row[7] for row in scored)
         metrics.SHADOW_SCORED.labels(shadow.name, shadow.version).inc(len(scored))
         metrics.SHADOW_AGREED.labels(shadow.name, shadow.version).inc(agreed)

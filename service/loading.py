@@ -21,7 +21,7 @@ import numpy as np
 
 from models import ModelVersion, Registry, RegistryError, RegistryUnavailable
 from models._detector import Detector
-from models._inference import Scored, score, unpadded
+from models._inference import Scored, score, score_and_embed, unpadded
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,18 @@ class LoadedModel:
     def score(self, texts: Sequence[str]) -> Scored:
         """Calibrated probabilities and the out-of-scope decision, from one graph run."""
         return score(
+            self.session,
+            self.tokenizer,
+            texts,
+            pad_id=self.pad_id,
+            temperature=self.temperature,
+            detector=self.detector,
+            thresholds=self.thresholds,
+        )
+
+    def score_and_embed(self, texts: Sequence[str]) -> tuple[Scored, Any]:
+        """`score` plus the pooled sentence embeddings (None: a graph without them)."""
+        return score_and_embed(
             self.session,
             self.tokenizer,
             texts,

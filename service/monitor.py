@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from models import RegistryError
-from service import metrics
+from service import labeling, metrics
 from service.context import Context
 from service.drift import drift_report
 from service.runner import JobRunner
@@ -55,6 +55,7 @@ class Monitor:
         traffic, ctx.traffic = ctx.traffic, {}
         uncertain, ctx.uncertain = ctx.uncertain, []
         served, ctx.served_ids = ctx.served_ids, []
+        queued, ctx.queue_inputs = ctx.queue_inputs, []
         name = ctx.settings.model_name
         if traffic:
             counts = {k: (int(v[0]), v[1]) for k, v in traffic.items()}
@@ -84,6 +85,11 @@ class Monitor:
                 live = {}
             for version, row in live.items():
                 metrics.LIVE_ACCURACY.labels(name, version).set(row["accuracy"])
+        if queued:  # best effort, like the window above
+            with contextlib.suppress(StoreUnavailable):
+                await asyncio.to_thread(labeling.flush_inputs, ctx, queued)
+        with contextlib.suppress(Exception):  # score new queue items ahead of the console
+            await labeling.refresh(ctx, name, budget_s=1.0)
         with contextlib.suppress(StoreUnavailable):
             await asyncio.to_thread(self.judge_shadow)
         with contextlib.suppress(StoreUnavailable):

@@ -104,6 +104,11 @@ class ModelSettings(BaseModel):
     max_p50_ms: float | None = Field(
         None, ge=0.1, le=60_000, description="backbone auto: the single-text p50 budget (ms)"
     )
+    store_texts: bool | None = Field(
+        None, description="queue served texts worth a label (personal data: see README)"
+    )
+    query_strategy: Literal["margin", "entropy", "diverse"] | None = None
+    queue_retention_s: float | None = Field(None, ge=60, le=366 * 86_400)
 
 
 class TopLabel(BaseModel):
@@ -158,9 +163,81 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
     text = {
         400: "the body could not be parsed",
         401: "missing or wrong bearer token",
-        404: "no such job, model or version",
+        404: "no such job, model, version or queue item",
         409: "conflicts with the current state",
         413: "request body too large",
+        415: "unsupported content type",
         503: "the store or the registry is unavailable (or busy); retry after Retry-After",
     }
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
+
+
+ANNOTATOR = Field(
+    "anonymous",
+    min_length=1,
+    max_length=100,
+    pattern=r"^[^\x00-\x1f\x7f]+$",
+    description="who answers (stored with each answer)",
+)
+
+
+class QueueNext(BaseModel):
+    """`POST /models/{name}/queue/next`: lease the next items worth a label."""
+
+    model_config = ConfigDict(extra="forbid")
+    annotator: str = ANNOTATOR
+    count: int = Field(1, ge=1, le=100)
+    lease_s: float = Field(300, ge=10, le=86_400, description="how long the items stay yours")
+
+
+class QueueAnswer(BaseModel):
+    """One answer: `label` (single-label), `labels` (multi-label) or `skip: true`."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=1, le=2**62, description="the queue item's id")
+    label: str | None = Field(None, min_length=1, max_length=200)
+    labels: list[str] | None = Field(None, max_length=1000)
+    skip: bool = False
+    new_label: bool = Field(
+        False, description="true: a label the model does not have is a new class"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> QueueAnswer:
+        if (self.label is not None) + (self.labels is not None) + self.skip != 1:
+            raise ValueError("send exactly one of `label`, `labels` or `skip: true`")
+        return self
+
+
+class QueueAnswers(BaseModel):
+    """`POST /models/{name}/queue/answers`: all applied, or none (one transaction)."""
+
+    model_config = ConfigDict(extra="forbid")
+    annotator: str = ANNOTATOR
+    lease: str | None = Field(
+        None, max_length=64, description="the token from /queue/next (items leased to you)"
+    )
+    answers: list[QueueAnswer] = Field(min_length=1, max_length=1000)
+
+
+class QueueUndo(BaseModel):
+    """`POST /models/{name}/queue/{item}/undo`: reopen an answer and lease it back."""
+
+    model_config = ConfigDict(extra="forbid")
+    annotator: str = ANNOTATOR
+    lease_s: float = Field(300, ge=10, le=86_400)
+
+
+class SuspectReview(BaseModel):
+    """`POST /models/{name}/versions/{v}/suspects/{index}`: keep or correct the label."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["confirm", "relabel"]
+    label: str | None = Field(None, min_length=1, max_length=200)
+    new_label: bool = False
+
+    @model_validator(mode="after")
+    def _label_for_relabel(self) -> SuspectReview:
+        if (self.action == "relabel") != (self.label is not None):
+            raise ValueError("`relabel` needs `label`; `confirm` takes none")
+        return self

@@ -148,6 +148,20 @@ class Settings(BaseSettings):
     out_of_scope_target_recall: float = Field(
         0.95, ge=0.5, le=0.999, description="in-scope texts the detector must keep (no examples)"
     )
+    store_texts: bool = Field(
+        False,
+        description="put served texts worth a label (uncertain, out of scope, shadow"
+        " disagreements) in the labeling queue: personal data, kept REFIT_QUEUE_RETENTION_S",
+    )
+    query_strategy: Literal["margin", "entropy", "diverse"] = Field(
+        "diverse", description="how the labeling queue ranks items (service/ranking.py)"
+    )
+    queue_retention_s: float = Field(
+        7 * 86_400,
+        ge=60,
+        le=366 * 86_400,
+        description="served texts leave the labeling queue (and the store) after this long",
+    )
     uncertain_below: float = Field(
         0.5, ge=0, le=1, description="top-1 score under which an input counts as uncertain"
     )

@@ -78,6 +78,15 @@ def model_view(ctx: Context, name: str) -> dict[str, Any]:
                 else None
             ),
             parent_version=meta.parent_version,
+            test_metrics=meta.test_metrics.model_dump(include={"accuracy", "macro_f1", "count"})
+            if meta.test_metrics
+            else None,
+            calibration=meta.calibration.model_dump(
+                include={"temperature", "ece_before", "ece_after"}
+            )
+            if meta.calibration
+            else None,
+            suspects=len(meta.suspects) if meta.suspects is not None else None,
         )
         versions.append(row)
     served = holder.model if holder is not None else None

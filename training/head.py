@@ -100,6 +100,25 @@ def fit_predict(
     return _predict(_fit(c, x_fit, y_fit, names, max_iter, seed), x_pred, num_labels)
 
 
+def out_of_fold_logits(
+    c: float,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_labels: int,
+    *,
+    names: np.ndarray | None,
+    max_iter: int,
+    seed: int,
+    folds: int = 3,
+) -> np.ndarray:
+    """Logits of every row from a probe (fixed options) that did not see it."""
+    out = np.zeros((len(y), num_labels), dtype=np.float32)
+    for held in stratified_folds(y, folds, seed):
+        keep = np.setdiff1d(np.arange(len(y)), held)
+        out[held] = _logits(_fit(c, x[keep], y[keep], names, max_iter, seed), x[held], num_labels)
+    return out
+
+
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     """Stratified fold ids: each class's members dealt round-robin after a seeded shuffle."""
     rng = np.random.default_rng(seed)

@@ -30,6 +30,7 @@ class Trained:
     decision: Decision
     details: dict[str, Any]
     timings: dict[str, float]
+    suspects: list[dict[str, Any]] | None = None  # label-error hints (training/suspects.py)
 
 
 def package(
@@ -165,6 +166,7 @@ def package(
             calibration=calibration,
             out_of_scope=out_of_scope,
             parent_version=parent,
+            suspects=trained.suspects,
         )
         report("publishing", 0.5, "writing the version")
         return registry.publish(staging, metadata).metadata

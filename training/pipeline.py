@@ -21,6 +21,7 @@ from training.policy import Decision, adapts_anyway, decide
 from training.progress import CancelCheck, ProgressCallback, Reporter
 from training.selection import Reason, Selection, compare
 from training.strategies import Workbench, contrastive, embed_split, lp_ft, probe
+from training.suspects import suspects_of
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,9 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
     share = 0.2 if decision.plan != "feature_extraction" or may_adapt else 1.0
     # decided before the probe exists only in part: whether a challenger may follow
     first = probe(bench, share=share, keep_snapshot=False)
+    started = time.perf_counter()
+    suspects = suspects_of(bench)
+    timings["suspects_s"] = round(time.perf_counter() - started, 2)
     strength = bench.head.chance_corrected(len(bench.labels))
     weak = config.strategy == "auto" and adapts_anyway(
         decision.plan, strength, config.weak_probe_below
@@ -316,7 +320,7 @@ def _fit(bench: Workbench, decision: Decision, test: Dataset | None) -> Trained:
     kept = selection.kept if selection is not None else first
     reason = Reason(decision.reason, weak_text, selection, estimate)
     strategy = "feature_extraction" if kept is first else "fine_tuning"
-    return Trained(strategy, reason.text(), decision, details, timings)
+    return Trained(strategy, reason.text(), decision, details, timings, suspects)
 
 
 def _probe_on_test(bench: Workbench, test: Dataset) -> dict[str, float]:

@@ -12,6 +12,7 @@ one store per domain on its one engine.
 - `store.telemetry`: live traffic, low-confidence inputs, served predictions (`telemetry.py`)
 - `store.aliases`: production/previous/shadow per model, compare-and-set (`aliases.py`)
 - `store.model_settings`: per-model overrides of REFIT_* settings (`model_settings.py`)
+- `store.queue`: the labeling queue, leases and answers (`queue.py`)
 
 Every transaction is short. Read-then-write transactions that must not interleave across
 processes (a trigger firing, a job being claimed, an alias moving) lock the model's row in
@@ -29,6 +30,7 @@ from service.stores.db import Database, StoreUnavailable
 from service.stores.examples import ExampleStore
 from service.stores.jobs import Job, JobStore
 from service.stores.model_settings import ModelSettingsStore
+from service.stores.queue import QueueStore
 from service.stores.schema import ACTIVE_STATES, FINAL_STATES, batches, examples, metadata
 from service.stores.telemetry import TelemetryStore
 from service.stores.triggers import TriggerStore
@@ -52,6 +54,7 @@ class Store:
         self.telemetry = TelemetryStore(self.db)
         self.aliases = AliasTable(self.db)
         self.model_settings = ModelSettingsStore(self.db)
+        self.queue = QueueStore(self.db)
 
     def delete_model(self, model: str) -> dict[str, int]:
         """Everything stored about `model` (examples, jobs, traffic, predictions, aliases,
@@ -70,6 +73,7 @@ class Store:
                 "uncertain",
                 "predictions",
                 "model_settings",
+                "queue",
                 "model_locks",
                 "aliases",
             ):

@@ -42,6 +42,24 @@ class ExampleStore:
             latest[text] = label
         return list(latest.items())
 
+    def feedback_since(self, model: str, texts: Sequence[str], since: float) -> dict[str, str]:
+        """The latest feedback label of each of `texts` stored after `since`."""
+        if not texts:
+            return {}
+        with self.db.read() as db:
+            rows = db.execute(
+                sa.select(examples.c.text, examples.c.label)
+                .join(batches, examples.c.batch_id == batches.c.id)
+                .where(
+                    batches.c.model == model,
+                    batches.c.source == "feedback",
+                    batches.c.created_at > since,
+                    examples.c.text.in_(list(texts)),
+                )
+                .order_by(examples.c.id)
+            ).all()
+        return dict(rows)
+
     def example_count(self) -> int:
         with self.db.read() as db:
             return int(db.execute(sa.select(sa.func.count()).select_from(examples)).scalar_one())

@@ -134,3 +134,37 @@ model_settings = sa.Table(
     sa.Column("settings", sa.Text, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+# The labeling queue: texts worth a label (served traffic when the model's store_texts is
+# on, uploaded unlabeled pools), scored by a version, leased to one annotator at a time.
+OPEN, ANSWERED, SKIPPED = "open", "answered", "skipped"
+queue = sa.Table(
+    "queue",
+    metadata,
+    sa.Column("id", BIGID, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("text_sha256", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("prediction_id", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("version", sa.Text),
+    sa.Column("label", sa.Text),
+    sa.Column("score", sa.Float),
+    sa.Column("margin", sa.Float),
+    sa.Column("entropy", sa.Float),
+    sa.Column("embedding", sa.LargeBinary),
+    sa.Column("out_of_scope", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("disagree", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("state", sa.Text, nullable=False, server_default=OPEN),
+    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_token", sa.Text),
+    sa.Column("lease_until", sa.Float),
+    sa.Column("answer", sa.Text),
+    sa.Column("answered_at", sa.Float),
+    sa.Column("answered_by", sa.Text),
+    sa.Column("batch_id", BIGID),
+    sa.UniqueConstraint("model", "text_sha256", name="queue_model_text"),
+    sa.Index("queue_model_state", "model", "state"),
+    sqlite_autoincrement=True,
+)
