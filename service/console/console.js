@@ -101,11 +101,14 @@ const Refit = (() => {
     for (const [pattern, render] of routes) {
       const match = pattern.exec(hash);
       if (!match) continue;
-      main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+      // each visit renders into its own element: a slow render of a page the user has
+      // left writes into a detached element, never over the page now shown
+      const page = h("div", { class: "page" }, h("p", { class: "muted" }, "Loading…"));
+      main.replaceChildren(page);
       try {
-        await render(main, ...match.slice(1));
+        await render(page, ...match.slice(1));
       } catch (error) {
-        main.replaceChildren(h("p", { class: "error" }, explain(error)));
+        page.replaceChildren(h("p", { class: "error" }, explain(error)));
       }
       return;
     }
@@ -127,6 +130,7 @@ const Refit = (() => {
       if (input.value) sessionStorage.setItem(TOKEN_KEY, input.value);
       else sessionStorage.removeItem(TOKEN_KEY);
       input.value = "";
+      input.blur();  // keys belong to the page again (the labeling view reads them)
       show();
       go();
     });

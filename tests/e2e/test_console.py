@@ -117,7 +117,11 @@ def test_a_user_labels_twenty_items_with_the_keyboard_and_the_model_retrains(
     token.send_keys(TOKEN, Keys.ENTER)
     wait_for(lambda: "token set" in driver.find_element(By.ID, "token-state").text)
     driver.get(srv.url + "/ui#/label/default")
-    wait_for(lambda: driver.find_element(By.ID, "item-text").text, what="a queue item")
+    try:
+        wait_for(lambda: driver.find_element(By.ID, "item-text").text, what="a queue item")
+    except AssertionError:
+        raise AssertionError(driver.find_element(By.ID, "main").text + srv.tail()) from None
+    driver.find_element(By.ID, "item-text").click()  # keys go to the page, not a field
     odd = [
         b
         for b in driver.find_elements(By.CSS_SELECTOR, "#label-buttons button")
@@ -128,7 +132,11 @@ def test_a_user_labels_twenty_items_with_the_keyboard_and_the_model_retrains(
     def press(key: str) -> None:
         before = driver.find_element(By.ID, "item-info").text
         ActionChains(driver).send_keys(key).perform()
-        wait_for(lambda: driver.find_element(By.ID, "item-info").text != before, what=key)
+        try:
+            wait_for(lambda: driver.find_element(By.ID, "item-info").text != before, timeout=15)
+        except AssertionError:
+            toast = driver.find_element(By.ID, "toast").text
+            raise AssertionError(f"{key!r} on {before!r}: {toast!r} {driver.get_log('browser')}")
 
     def answer_shown() -> None:
         text = driver.find_element(By.ID, "item-text").text

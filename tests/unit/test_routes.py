@@ -19,7 +19,9 @@ from service.settings import Settings
 # The only write routes anyone may call: inference over V2 (like /predict).
 PUBLIC_WRITES = {"v2_infer", "v2_version_infer"}
 # Reads that show stored user data.
-PRIVATE_READS = {"uncertain"}
+PRIVATE_READS = {"uncertain", "queue_view", "suspects"}
+# Static files of the console, left out of the OpenAPI document (they hold no data).
+UNDOCUMENTED = {("GET", "/ui"), ("GET", "/ui/{name}")}
 TOKEN = "route-test-token"
 
 
@@ -31,7 +33,7 @@ def routes() -> list[APIRoute]:
         for path, ops in create_app().openapi()["paths"].items()
         for method in ops
     }
-    assert {(m, r.path) for r in walked for m in r.methods} == documented
+    assert {(m, r.path) for r in walked for m in r.methods} == documented | UNDOCUMENTED
     return walked
 
 
@@ -68,6 +70,7 @@ def test_each_protected_route_refuses_a_request_without_the_token(client: TestCl
         if not needs_token(route):
             continue
         path = route.path.replace("{name}", "m").replace("{job_id}", "j").replace("{version}", "v")
+        path = path.replace("{item}", "1").replace("{index}", "0")
         for method in route.methods:
             for headers in ({}, {"Authorization": "Bearer wrong-token"}):
                 r = client.request(method, path, headers=headers, json={})
