@@ -154,7 +154,7 @@ class Settings(BaseSettings):
         " disagreements) in the labeling queue: personal data, kept REFIT_QUEUE_RETENTION_S",
     )
     query_strategy: Literal["margin", "entropy", "diverse"] = Field(
-        "diverse", description="how the labeling queue ranks items (service/ranking.py)"
+        "margin", description="how the labeling queue ranks items (service/ranking.py)"
     )
     queue_retention_s: float = Field(
         7 * 86_400,

@@ -112,7 +112,7 @@
     const card = h("div", { class: "card" });
     const store = h("input", { type: "checkbox", id: "store-texts", checked: settings.store_texts });
     const strategy = h("select", { id: "query-strategy" },
-      ["diverse", "margin", "entropy"].map((s) => h("option", { value: s, selected: s === settings.query_strategy }, s)));
+      ["margin", "entropy", "diverse"].map((s) => h("option", { value: s, selected: s === settings.query_strategy }, s)));
     const save = h("button", { onclick: (e) => act(e.target, () => api("PUT", `/models/${path(name)}/settings`,
       { store_texts: store.checked, query_strategy: strategy.value }), "settings saved") }, "Save");
     const counts = h("span", { class: "muted" }, "");

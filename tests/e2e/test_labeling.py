@@ -89,7 +89,7 @@ def test_the_queue_ranks_leases_and_stores_answers_as_feedback(
     truth = dict(trained["pool"])
     with server.client() as alice, server.client() as bob:
         view = alice.get(f"/models/{MODEL}/queue", params={"limit": 60}).json()
-        assert view["strategy"] == "diverse" and view["version"] == trained["version"]
+        assert view["strategy"] == "margin" and view["version"] == trained["version"]
         assert view["counts"]["unscored"] == 0 and len(view["items"]) == 60
         assert server.client(token=None).get(f"/models/{MODEL}/queue").status_code == 401
         # margin: the first items are closer calls than the last ones
