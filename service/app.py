@@ -37,7 +37,7 @@ admin = create_app()
 
 def warn_if_open(settings: Settings) -> bool:
     """Log a warning when writes need no token; True when they do not."""
-    if settings.api_token is not None:
+    if settings.api_token is not None or settings.api_tokens_file is not None:
         return False
     log.warning(
         "REFIT_API_TOKEN is not set: retrain, promote, rollback, cancel and retry are open to"
@@ -137,7 +137,7 @@ def _keep_versions() -> Any:
 _access = AccessRules(api_routes(), [(n, a.route, a.is_task) for n, a in Refit.apis.items()])
 Refit.add_asgi_middleware(DeadlineMiddleware, settings=SETTINGS)
 Refit.add_asgi_middleware(ErrorShapeMiddleware)
-Refit.add_asgi_middleware(LimitsAndAuthMiddleware, settings=SETTINGS, protected=_access.protected)
+Refit.add_asgi_middleware(LimitsAndAuthMiddleware, settings=SETTINGS, scope=_access.scope)
 Refit.add_asgi_middleware(RetrainSubmitMiddleware, settings=SETTINGS, context=current_or_none)
 Refit.add_asgi_middleware(BoundedMetricsMiddleware, keep_versions=_keep_versions)
 Refit.add_asgi_middleware(PredictFastPath, handler=_fast_predict)

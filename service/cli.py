@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from models import CorruptVersionError, Registry, RegistryError
@@ -200,6 +201,46 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return worker_main()
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from service.backup import BackupError, backup, restore
+
+    settings = settings_for(args)
+    try:
+        if args.command == "backup":
+            manifest = backup(settings, Path(args.dest))
+            done = f"backed up to {args.dest}"
+        else:
+            manifest = restore(settings, Path(args.src))
+            done = f"restored {args.src} into {settings.root}"
+    except BackupError as exc:
+        err(str(exc))
+        return EXIT_BAD_INPUT
+    versions = sum(len(v) for v in manifest["versions"].values())
+    out(
+        json.dumps(manifest)
+        if args.json
+        else f"{done}: {len(manifest['versions'])} model(s), {versions} version(s)"
+    )
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    import secrets
+
+    from service.auth import token_line
+
+    token = secrets.token_urlsafe(32)
+    line = token_line(args.scope, token)
+    if args.append:
+        fd = os.open(args.append, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as fh:
+            fh.write(
+                f"{line}  # {' '.join((args.note or 'refit token').split())}, {time.strftime('%Y-%m-%d')}\n"
+            )
+    out(json.dumps({"token": token, "line": line}) if args.json else f"{token}\n{line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refit", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -256,6 +297,28 @@ def build_parser() -> argparse.ArgumentParser:
         "worker", help="claim and run retrain jobs from the shared store (REFIT_TRAINER=external)"
     )
     w.set_defaults(func=cmd_worker)
+
+    b = sub.add_parser(
+        "backup",
+        help="snapshot the single-node home (store + registry) into a new folder, while serving",
+    )
+    b.add_argument("dest", help="a new or empty folder")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_backup)
+    r = sub.add_parser("restore", help="make a new, empty REFIT_HOME from a `refit backup` folder")
+    r.add_argument("src")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_backup)
+
+    t = sub.add_parser(
+        "token",
+        help="a new API token of a scope: prints it (once) and its REFIT_API_TOKENS_FILE line",
+    )
+    t.add_argument("--scope", choices=["predict", "label", "admin"], required=True)
+    t.add_argument("--append", default=None, help="append the line to this tokens file")
+    t.add_argument("--note", default=None, help="a comment stored with the line (who, what for)")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_token)
 
     add_backbones_command(sub)
     return parser

@@ -29,7 +29,7 @@ from service.asgi import (
     replay,
     send_json,
 )
-from service.auth import token_matches, unauthorized
+from service.auth import Tokens
 from service.errors import ApiError, reshape_error
 from service.settings import Settings
 from service.stores import StoreUnavailable
@@ -115,17 +115,16 @@ SUBMIT_PATH = "/retrain/submit"
 
 
 class LimitsAndAuthMiddleware:
-    """401 for protected routes without the right bearer token when one is configured
-    (`protected(method, path)`: the routes' own declarations, see service/auth.py), before
+    """401/403 for routes whose scope the bearer token lacks when tokens are configured
+    (`scope(method, path)`: the routes' own declarations, see service/auth.py), before
     any body is read; then 413 for bodies over the limit (by content-length, else while
     streaming) and 400 for JSON nested too deep."""
 
-    def __init__(self, app, settings: Settings, protected: Callable[[str, str], bool]) -> None:
+    def __init__(self, app, settings: Settings, scope: Callable[[str, str], str | None]) -> None:
         self.app = app
         self.settings = settings
-        self.protected = protected
-        token = settings.api_token
-        self._token = token.get_secret_value().encode() if token is not None else None
+        self.scope = scope
+        self.tokens = Tokens.of(settings)
 
     def _too_large(self) -> dict[str, Any]:
         return {
@@ -138,12 +137,12 @@ class LimitsAndAuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if (
-            self._token is not None
-            and self.protected(scope.get("method", ""), path)
-            and not token_matches(header(scope, b"authorization"), self._token)
-        ):
-            refused = unauthorized()
+        refused = self.tokens.enabled and self.tokens.refusal(
+            self.scope(scope.get("method", ""), path),
+            header(scope, b"authorization"),
+            self.settings.predict_auth,
+        )
+        if refused:
             await send_json(send, refused.status, refused.body(), refused.header_pairs())
             return
         limit = self.settings.max_body_bytes

@@ -156,6 +156,7 @@ class PromoteRequest(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     fix: str | None = None
+    scope: str | None = Field(None, description="401/403: the token scope the route needs")
 
 
 def error_responses(*codes: int) -> dict[int | str, dict]:
@@ -163,12 +164,15 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
     text = {
         400: "the body could not be parsed",
         401: "missing or wrong bearer token",
+        403: "the token's scope is too narrow for this route (`scope` says which it needs)",
         404: "no such job, model, version or queue item",
         409: "conflicts with the current state",
         413: "request body too large",
         415: "unsupported content type",
         503: "the store or the registry is unavailable (or busy); retry after Retry-After",
     }
+    if 401 in codes:  # a token of a narrower scope is refused with 403
+        codes = tuple(sorted({*codes, 403}))
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
 
 

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="when set, retrain/promote/rollback need `Authorization: Bearer <token>`"
     )
+    api_tokens_file: Path | None = Field(
+        None,
+        description="more tokens, one `<predict|label|admin> <sha256 hex of the token>` per"
+        " line (`refit token`), re-read within a second of a change",
+    )
+    predict_auth: bool = Field(
+        False, description="/predict and V2 inference need a token of scope predict or above"
+    )
     promotion_tolerance: float = Field(
         0.0,
         ge=0,

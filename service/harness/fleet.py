@@ -113,7 +113,7 @@ def launch_fleet(
         "REFIT_WORKERS": "1",
         "REFIT_TRIGGER_POLL_S": "1",
         "REFIT_WORKER_HEARTBEAT_S": "1",
-        "REFIT_WORKER_TIMEOUT_S": "6",
+        "REFIT_WORKER_TIMEOUT_S": "20",
         "REFIT_WORKER_POLL_S": "0.5",
         "REFIT_FINE_TUNING_MIN_STEPS": "30",
         "AWS_ACCESS_KEY_ID": "refit-test",
@@ -192,6 +192,12 @@ def promotions_under_load(fleet: Fleet, seconds: float, clients: int = 16) -> Lo
             r.raise_for_status()
             run.rolled_back_to = r.json()["production"]
         time.sleep(step)
+        # then until every client saw the rollback (a busy machine propagates late)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(
+            s and s[-1] == run.rolled_back_to for s in run.seen
+        ):
+            time.sleep(0.2)
     finally:
         stop.set()
         for t in threads:

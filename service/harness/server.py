@@ -125,6 +125,19 @@ def make_server(tmp: Path, **settings: str) -> Server:
     return Server(home=tmp / "home", port=port, env=env, log_path=tmp / "server.log")
 
 
+def wait_until(check: Any, timeout: float, what: str, step: float = 0.1) -> Any:
+    """Poll `check()` until it is truthy (its value) or `timeout` s pass (AssertionError).
+    Behaviour tests wait for a condition with a generous deadline; how fast belongs in
+    bench/ (a busy CI machine is slow, not wrong)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
 def wait_job(
     client: httpx.Client, job_id: str, timeout: float = 300
 ) -> tuple[dict[str, Any], list[tuple[str, float]]]:

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from models.multilabel import MultiDataset, stored_labels
 from service import intake, metrics
-from service.auth import private
+from service.auth import label, private
 from service.context import Ctx
 from service.schemas import FeedbackRequest, error_responses
 
@@ -16,6 +16,7 @@ router = APIRouter()
 
 
 @router.post("/feedback", responses=error_responses(400, 401, 413, 503))
+@label
 def feedback(ctx: Ctx, body: FeedbackRequest) -> Any:
     """Labeled examples from users (auth required), validated like retrain data and stored
     as pending; a trigger retrains on them (see `retrain_policy` in `GET /models`)."""

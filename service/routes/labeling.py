@@ -17,7 +17,7 @@ from models import validate_model_name
 from models.data import DataError
 from models.unlabeled import parse_texts
 from service import intake, labeling, metrics
-from service.auth import private
+from service.auth import label, private
 from service.context import Ctx
 from service.errors import NotFound
 from service.schemas import QueueAnswers, QueueNext, QueueUndo, error_responses
@@ -46,6 +46,7 @@ async def queue_view(ctx: Ctx, name: str, limit: int = 20) -> Any:
 
 
 @router.post("/models/{name}/queue/next", responses=error_responses(400, 401, 404, 413, 503))
+@label
 async def queue_next(ctx: Ctx, name: str, body: QueueNext) -> Any:
     """Lease the next `count` items to `annotator` for `lease_s` (auth required): another
     annotator gets other items meanwhile. Answer with POST /models/{name}/queue/answers and
@@ -69,6 +70,7 @@ async def queue_next(ctx: Ctx, name: str, body: QueueNext) -> Any:
 @router.post(
     "/models/{name}/queue/answers", responses=error_responses(400, 401, 404, 409, 413, 503)
 )
+@label
 def queue_answers(ctx: Ctx, name: str, body: QueueAnswers) -> Any:
     """Answer or skip items (auth required), all or none: 404 for an item that does not
     exist, 409 for one already answered or leased to another annotator. A label the model
@@ -93,6 +95,7 @@ def queue_answers(ctx: Ctx, name: str, body: QueueAnswers) -> Any:
 @router.post(
     "/models/{name}/queue/{item}/undo", responses=error_responses(400, 401, 404, 409, 413, 503)
 )
+@label
 def queue_undo(ctx: Ctx, name: str, item: int, body: QueueUndo) -> Any:
     """Reopen an answered or skipped item and lease it back to `annotator` (auth required);
     its feedback is removed, unless a retrain already used it (409)."""
@@ -129,6 +132,7 @@ def queue_undo(ctx: Ctx, name: str, item: int, body: QueueUndo) -> Any:
         }
     },
 )
+@label
 async def upload_pool(ctx: Ctx, name: str, request: Request) -> Any:
     """Unlabeled texts for the queue (auth required): CSV with a `text` column, JSONL
     objects with `text`, or JSON `{"texts": [...]}`; checked like retrain texts, within

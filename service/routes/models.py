@@ -102,7 +102,7 @@ def delete_model(ctx: Ctx, name: str) -> Any:
     return {"model": name, "deleted_versions": versions, "deleted_rows": removed}
 
 
-@router.put("/models/{name}/settings", responses=error_responses(400, 401, 413, 503))
+@router.put("/models/{name}/settings", responses=error_responses(400, 401, 404, 413, 503))
 def put_settings(ctx: Ctx, name: str, body: ModelSettings) -> Any:
     """Per-model overrides of the strategy thresholds, the time budget, the promotion
     tolerance and the triggers (auth required); `null` restores the REFIT_* value.

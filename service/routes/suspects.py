@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from models import RegistryError, validate_model_name
 from models._metadata import ModelMetadata
 from service import labeling, metrics
-from service.auth import private
+from service.auth import label, private
 from service.context import Context, Ctx
 from service.errors import BadRequest, NotFound
 from service.schemas import SuspectReview, error_responses
@@ -47,6 +47,7 @@ def suspects(ctx: Ctx, name: str, version: str) -> Any:
     "/models/{name}/versions/{version}/suspects/{index}",
     responses=error_responses(400, 401, 404, 413, 503),
 )
+@label
 def review(ctx: Ctx, name: str, version: str, index: int, body: SuspectReview) -> Any:
     """Confirm the label (stored again as feedback) or relabel the example (auth required);
     a label the model does not have needs `new_label: true`."""

@@ -21,11 +21,19 @@ class WorkerStore:
         self.jobs = job_store
 
     def claim_job(self, worker: str) -> Job | None:
-        """Claim the oldest queued job whose model has no older active job (one running job
-        per model across the fleet, in submit order). PostgreSQL: `FOR UPDATE SKIP LOCKED`,
+        """Claim the next queued job whose model has no older active job (one running job
+        per model across the fleet, in submit order within a model). Fair across models: the
+        model whose last job started longest ago goes first, so one model's retrain storm
+        cannot starve another (then the oldest job). PostgreSQL: `FOR UPDATE SKIP LOCKED`,
         so workers never wait on each other; SQLite: the write lock serialises them."""
         j = jobs.alias("j")
         o = jobs.alias("o")
+        r = jobs.alias("r")
+        last_start = (
+            sa.select(sa.func.coalesce(sa.func.max(r.c.started_at), 0.0))
+            .where(r.c.model == j.c.model)
+            .scalar_subquery()
+        )
         older = (
             sa.select(sa.literal(1))
             .select_from(o)
@@ -41,7 +49,7 @@ class WorkerStore:
         query = (
             sa.select(j.c.id)
             .where(j.c.state == QUEUED, ~older.exists())
-            .order_by(j.c.created_at, j.c.id)
+            .order_by(last_start, j.c.created_at, j.c.id)
             .limit(1)
             .with_for_update(skip_locked=True, of=j)
         )

@@ -121,6 +121,21 @@ def test_claims_are_one_per_model_in_submit_order(db_url) -> None:
     assert store.workers.claim_job("w3").id == a2.id
 
 
+def test_one_models_retrain_storm_does_not_starve_another(db_url) -> None:
+    store = Store(db_url)
+    storm = [
+        store.jobs.create_job("a", {}, [(f"x{i}", "1")], mode="append", source="http")
+        for i in range(4)
+    ]
+    b1 = store.jobs.create_job("b", {}, [("z", "1")], mode="append", source="http")
+    ran = []
+    while (job := store.workers.claim_job("w1")) is not None:  # one worker
+        ran.append(job.id)
+        assert store.jobs.finish(job.id, "succeeded", result={}, worker="w1")
+        time.sleep(0.01)  # distinct start times
+    assert ran == [storm[0].id, b1.id, *(j.id for j in storm[1:])]
+
+
 def test_a_silent_worker_is_reaped_and_its_job_retried_once(db_url) -> None:
     store = Store(db_url)
     job = store.jobs.create_job(

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.e2e.conftest import Server, free_port, make_server
+from tests.e2e.conftest import Server, free_port, make_server, wait_until
 
 PROMETHEUS = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "refit-dashboard.json"
@@ -110,7 +111,8 @@ def prometheus(replicas, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        # a timeout as long as the interval: a /metrics slow on a busy machine is late, not down
+        "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
         "rule_files": [str(PROMETHEUS / "alerts.yml")],
         "scrape_configs": [
             {
@@ -162,25 +164,26 @@ def test_prometheus_scrapes_both_replicas_loads_the_rules_and_runs_the_dashboard
         with s.client() as c:
             for _ in range(20):
                 assert c.post("/predict", json={"texts": ["where is my card"]}).status_code == 200
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         targets = httpx.get(f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]
         served = _query(prometheus, "refit_model_info == 1")
         requests = _query(prometheus, "sum(refit_request_duration_seconds_count)")
+        groups = httpx.get(f"{prometheus}/api/v1/rules").json()["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]  # health "unknown" until evaluated
         if (
             len(targets) == 2
             and all(t["health"] == "up" for t in targets)
             and len(served) == 2
             and requests
             and float(requests[0]["value"][1]) >= 40
+            and len(rules) == 6
+            and all(r["health"] == "ok" for r in rules)
         ):
             break
         time.sleep(1)
     else:
-        pytest.fail(f"targets {targets}, served {served}, requests {requests}")
-    groups = httpx.get(f"{prometheus}/api/v1/rules").json()["data"]["groups"]
-    rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
+        pytest.fail(f"targets {targets}, served {served}, requests {requests}, rules {rules}")
     # both replicas serve the same version: the skew and no-replica alerts stay quiet
     assert {s["metric"]["version"] for s in served} == {served[0]["metric"]["version"]}
     # (pending is fine: a rule evaluated before the first scrape sees no series yet)
@@ -189,7 +192,7 @@ def test_prometheus_scrapes_both_replicas_loads_the_rules_and_runs_the_dashboard
     assert not [a for a in alerts if a["state"] == "firing" and a["labels"]["alertname"] in quiet]
     # request rate, latency, batch size, versions... have data already; a rate() needs two
     # scrapes after the requests, which a busy machine may not have taken yet: poll a while
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 180
     while True:
         empty = [
             expr
@@ -236,16 +239,20 @@ def test_rolling_restart_behind_haproxy_fails_no_request(replicas, tmp_path: Pat
         threading.Thread(target=_client, args=(lb, stop, outcomes, workers)) for _ in range(16)
     ]
     try:
-        time.sleep(3)  # first health checks
         for t in threads:
             t.start()
-        time.sleep(3)
+        wait_until(lambda: outcomes[200] >= 100, 120, "the balancer answers")
         before = set(workers)
         for replica in (a, b):
             replica.stop()  # SIGTERM: drain, exit
             replica.start()
-            time.sleep(3)  # `rise 2` health checks put it back in rotation
-        time.sleep(2)
+            # `rise 2` health checks put it back in rotation: wait until it served through
+            # the balancer before the other one goes down
+            tree = psutil.Process(replica.proc.pid).children(recursive=True)
+            mine = {str(p.pid) for p in tree} | {str(replica.proc.pid)}
+            wait_until(lambda mine=mine: mine & set(workers), 120, "the restarted replica serves")
+        served = outcomes[200]
+        wait_until(lambda: outcomes[200] >= served + 50, 60, "more answers after the restarts")
     finally:
         stop.set()
         for t in threads:

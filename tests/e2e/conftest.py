@@ -16,9 +16,19 @@ from service.harness.server import (
     production,
     submit,
     wait_job,
+    wait_until,
 )
 
-__all__ = ["TOKEN", "Server", "free_port", "make_server", "production", "submit", "wait_job"]
+__all__ = [
+    "TOKEN",
+    "Server",
+    "free_port",
+    "make_server",
+    "production",
+    "submit",
+    "wait_job",
+    "wait_until",
+]
 
 
 @pytest.fixture(scope="package")
@@ -26,7 +36,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     srv = make_server(
         tmp_path_factory.mktemp("e2e"),
         REFIT_MAX_BODY_BYTES=str(2 * 1024 * 1024),
-        REFIT_REQUEST_TIMEOUT_S="8",
+        REFIT_REQUEST_TIMEOUT_S="20",
         REFIT_MAX_EXAMPLES_PER_REQUEST="2000",
     )
     srv.start()

@@ -133,10 +133,12 @@ def test_a_user_labels_twenty_items_with_the_keyboard_and_the_model_retrains(
         before = driver.find_element(By.ID, "item-info").text
         ActionChains(driver).send_keys(key).perform()
         try:
-            wait_for(lambda: driver.find_element(By.ID, "item-info").text != before, timeout=15)
+            wait_for(lambda: driver.find_element(By.ID, "item-info").text != before, timeout=60)
         except AssertionError:
             toast = driver.find_element(By.ID, "toast").text
-            raise AssertionError(f"{key!r} on {before!r}: {toast!r} {driver.get_log('browser')}")
+            raise AssertionError(
+                f"{key!r} on {before!r}: {toast!r} {driver.get_log('browser')}"
+            ) from None
 
     def answer_shown() -> None:
         text = driver.find_element(By.ID, "item-text").text

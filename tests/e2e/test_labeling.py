@@ -170,7 +170,7 @@ def test_served_texts_are_queued_only_when_store_texts_is_on(server: Server, tra
             if p["score"] < 0.5 or p["out_of_scope"]
         }
         assert worth, answers  # off-topic texts: some are uncertain or out of scope
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         queued: set[tuple[str, str]] = set()
         while time.monotonic() < deadline and len(queued) < len(worth):
             time.sleep(1)

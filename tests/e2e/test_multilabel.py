@@ -187,7 +187,7 @@ def test_feedback_retrains_and_swaps_under_load_beside_a_single_label_model(
                 },
             )
             after = job["result"]["version"]
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
                 r = client.post("/predict", json={"texts": ["thanks"], "model": MODEL})
                 if r.json()["version"] == after:

@@ -62,7 +62,7 @@ def versions_in_metrics(text: str) -> set[str]:
     return set(re.findall(r'version="(v[0-9a-f-]+)"', text))
 
 
-def wait_for(check, timeout: float = 30, every: float = 0.3):
+def wait_for(check, timeout: float = 90, every: float = 0.3):
     deadline = time.monotonic() + timeout
     while True:
         value = check()

@@ -1,5 +1,5 @@
 """Any Unicode, in every string field, on both /predict paths: a 200 or a 4xx that says
-what was wrong, within 2 s, and nothing half-stored (issue 22).
+what was wrong, within 10 s (not the 20 s request deadline), and nothing half-stored (issue 22).
 
 Property-based (Hypothesis, derandomized so CI is repeatable): texts are drawn from all of
 Unicode *including* lone surrogates (which JSON can spell as `"\\ud800"`), mixed with the
@@ -105,7 +105,8 @@ def untouched(server: Server):
 
 def check(r: httpx.Response, elapsed: float, field: str) -> None:
     CASES[field] += 1
-    assert elapsed < 2.0, f"{field}: answered in {elapsed:.2f} s"
+    # the bug was a hang to the request deadline (20 s here); a busy machine is slow, not hung
+    assert elapsed < 10.0, f"{field}: answered in {elapsed:.2f} s"
     assert r.status_code == 200 or 400 <= r.status_code < 500, (field, r.status_code, r.text[:300])
     assert r.headers["content-type"].startswith("application/json"), r.text[:300]
     answer = r.json()

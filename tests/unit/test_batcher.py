@@ -66,7 +66,7 @@ def test_concurrent_requests_share_one_call_and_keep_their_order() -> None:
 
 
 def test_a_lone_client_is_not_delayed() -> None:
-    batcher = MicroBatcher(Holder(RecordingModel()), max_texts=64, max_latency_ms=200)
+    batcher = MicroBatcher(Holder(RecordingModel()), max_texts=64, max_latency_ms=5000)
 
     async def go():
         start = time.perf_counter()
@@ -74,7 +74,7 @@ def test_a_lone_client_is_not_delayed() -> None:
         await batcher.submit(["y"])
         return time.perf_counter() - start
 
-    assert run(go()) < 0.15  # two sequential requests, no 200 ms batching wait
+    assert run(go()) < 2.5  # two sequential requests, no 5 s batching wait each
 
 
 def test_one_batch_one_version_across_a_swap() -> None:

@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from service.api import api_routes, create_app
-from service.auth import READS, AccessRules, needs_token
+from service.auth import READS, AccessRules, needs_token, scope_of
 from service.context import current
 from service.settings import Settings
 
@@ -75,10 +75,11 @@ def test_each_protected_route_refuses_a_request_without_the_token(client: TestCl
             for headers in ({}, {"Authorization": "Bearer wrong-token"}):
                 r = client.request(method, path, headers=headers, json={})
                 assert r.status_code == 401, (method, path, r.status_code, r.text)
-                assert r.json() == {
-                    "error": "missing or wrong bearer token",
-                    "fix": "send `Authorization: Bearer <REFIT_API_TOKEN>`",
-                }
+                body = r.json()
+                assert body["error"] == "missing or wrong bearer token"
+                assert (
+                    body["scope"] == scope_of(route) and f"scope `{body['scope']}`" in body["fix"]
+                )
                 assert r.headers["www-authenticate"] == "Bearer"
                 checked += 1
     assert checked >= 2 * 12
