@@ -42,9 +42,12 @@ def warn_if_open(settings: Settings) -> bool:
     log.warning(
         "REFIT_API_TOKEN is not set: retrain, promote, rollback, cancel and retry are open to"
         " anyone who can reach %s:%d; set a token of 8+ characters to require"
-        " `Authorization: Bearer <token>`",
+        " `Authorization: Bearer <token>`%s",
         settings.host,
         settings.port,
+        " (REFIT_PREDICT_AUTH is on but has no token to check: inference is open too)"
+        if settings.predict_auth
+        else "",
     )
     return True
 

@@ -131,7 +131,7 @@ class Tokens:
         self.fixed = [("admin", _digest(token.get_secret_value()))] if token else []
         self.path, self.grants = path, list(self.fixed)
         self.enabled = token is not None or path is not None
-        self._stamp: tuple | None = None
+        self._stamp: bytes | str | None = None
         self._checked = -_RELOAD_S
 
     @classmethod
@@ -148,15 +148,15 @@ class Tokens:
             return
         self._checked = now
         try:
-            st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            data = self.path.read_bytes()  # tiny: compared by content, not by mtime
+            stamp = hashlib.sha256(data).digest()
             if stamp == self._stamp:
                 return
-            grants, problems = parse_tokens(self.path.read_text())
+            grants, problems = parse_tokens(data.decode("utf-8", "replace"))
         except OSError as exc:
             if self._stamp != "missing":
                 log.warning("REFIT_API_TOKENS_FILE unreadable (%s): only REFIT_API_TOKEN", exc)
-            self._stamp, self.grants = "missing", list(self.fixed)  # type: ignore[assignment]
+            self._stamp, self.grants = "missing", list(self.fixed)
             return
         for problem in problems:
             log.warning("REFIT_API_TOKENS_FILE %s (line skipped)", problem)

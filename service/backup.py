@@ -28,13 +28,18 @@ from typing import Any
 from models._errors import CorruptVersionError
 from models._metadata import ModelMetadata
 from models._registry import check_files
-from models._storage import METADATA_FILE, LocalStorage, sha256_file
+from models._storage import (
+    _VERSION_RE,
+    METADATA_FILE,
+    LocalStorage,
+    sha256_file,
+    validate_model_name,
+)
 
 MANIFEST = "manifest.json"
 DATABASE = "refit.sqlite"
 REGISTRY = "registry"
 FORMAT = 1
-_PAGES_PER_STEP = 4096  # a writer waits at most one step's copy, never the whole file
 
 
 class BackupError(ValueError):
@@ -57,10 +62,15 @@ def _single_node(settings: Any) -> tuple[Path, Path]:
 
 
 def _partial(target: Path) -> Path:
+    """Where to build: a sibling renamed into place at the end, or, for an existing empty
+    folder (a mounted volume, which cannot be replaced), a hidden folder inside it."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BackupError(f"{target} exists and is not empty: choose a new folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    if target.is_dir():
+        partial = target / f".partial-{os.getpid()}"
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     return partial
@@ -80,9 +90,12 @@ def _fsync_tree(root: Path) -> None:
 
 def _finish(partial: Path, target: Path) -> None:
     _fsync_tree(partial)
-    if target.is_dir():
-        target.rmdir()  # empty, checked by _partial
-    os.rename(partial, target)
+    if partial.parent == target:  # inside an existing empty folder: move the entries up,
+        for entry in sorted(partial.iterdir(), key=lambda p: p.name == MANIFEST):
+            os.rename(entry, target / entry.name)  # the manifest last
+        partial.rmdir()
+    else:
+        os.rename(partial, target)
 
 
 def _snapshot(source: Path, dest: Path) -> None:
@@ -91,7 +104,9 @@ def _snapshot(source: Path, dest: Path) -> None:
     src = sqlite3.connect(source, timeout=30)
     dst = sqlite3.connect(dest)
     try:
-        src.backup(dst, pages=_PAGES_PER_STEP)
+        # one step: in WAL mode writers go on meanwhile, and a stepped copy would restart
+        # at every write of another process (and never end on a busy store)
+        src.backup(dst, pages=-1)
         (check,) = dst.execute("PRAGMA integrity_check").fetchone()
         if check != "ok":
             raise BackupError(f"the snapshot of {source} fails SQLite's integrity check: {check}")
@@ -108,7 +123,8 @@ def _copy_versions(source: Path, dest: Path) -> dict[str, list[str]]:
             folder = source / name / version
             try:
                 shutil.copytree(folder, dest / name / version)
-            except FileNotFoundError:
+            except (FileNotFoundError, shutil.Error):
+                shutil.rmtree(dest / name / version, ignore_errors=True)
                 continue  # removed (pruned or deleted) while the backup ran
             copied.setdefault(name, []).append(version)
     return copied
@@ -144,9 +160,19 @@ def _read_manifest(source: Path) -> dict[str, Any]:
         raise BackupError(
             f"{source} is not a Refit backup (no readable {MANIFEST}: {exc})"
         ) from exc
-    if manifest.get("format") != FORMAT:
-        raise BackupError(f"{source}: backup format {manifest.get('format')} is not {FORMAT}")
-    if sha256_file(source / DATABASE) != manifest["database_sha256"]:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupError(f"{source}: not a Refit backup of format {FORMAT}")
+    versions = manifest.get("versions")
+    if not isinstance(versions, dict) or not (source / DATABASE).is_file():
+        raise BackupError(f"{source}: the manifest lists no versions or {DATABASE} is missing")
+    for name, ids in versions.items():
+        try:
+            validate_model_name(name)
+        except ValueError as exc:
+            raise BackupError(f"{source}: {exc}") from exc
+        if not isinstance(ids, list) or not all(_VERSION_RE.match(str(v)) for v in ids):
+            raise BackupError(f"{source}: the manifest's versions of {name} are not version ids")
+    if sha256_file(source / DATABASE) != manifest.get("database_sha256"):
         raise BackupError(f"{source}/{DATABASE} does not match its manifest: the backup is damaged")
     return manifest
 
@@ -176,8 +202,9 @@ def restore(settings: Any, source: Path) -> dict[str, Any]:
     partial = _partial(home)
     try:
         shutil.copy2(source / DATABASE, partial / DATABASE)
-        for name in manifest["versions"]:
-            shutil.copytree(source / REGISTRY / name, partial / name)
+        for name, ids in manifest["versions"].items():
+            for version in ids:  # only what was checked
+                shutil.copytree(source / REGISTRY / name / version, partial / name / version)
         _finish(partial, home)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

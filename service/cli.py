@@ -202,6 +202,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    import sqlite3
+
     from service.backup import BackupError, backup, restore
 
     settings = settings_for(args)
@@ -214,6 +216,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
             done = f"restored {args.src} into {settings.root}"
     except BackupError as exc:
         err(str(exc))
+        return EXIT_BAD_INPUT
+    except (OSError, sqlite3.Error) as exc:  # permissions, disk full, a locked store
+        err(f"{args.command} failed, nothing was written: {exc}")
         return EXIT_BAD_INPUT
     versions = sum(len(v) for v in manifest["versions"].values())
     out(
@@ -232,8 +237,11 @@ def cmd_token(args: argparse.Namespace) -> int:
     token = secrets.token_urlsafe(32)
     line = token_line(args.scope, token)
     if args.append:
-        fd = os.open(args.append, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a") as fh:
+        fd = os.open(args.append, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a+") as fh:
+            fh.seek(max(0, os.fstat(fd).st_size - 1))
+            if fh.read(1) not in ("", "\n"):
+                fh.write("\n")  # never glue the new line onto the last one
             fh.write(
                 f"{line}  # {' '.join((args.note or 'refit token').split())}, {time.strftime('%Y-%m-%d')}\n"
             )
