@@ -14,6 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import bentoml
@@ -50,6 +51,7 @@ class Context:
             "max_texts": settings.max_batch_texts,
             "max_latency_ms": settings.max_latency_ms,
         }
+        self.load_kwargs, self.batcher_kwargs = load_kwargs, batcher_kwargs
         self.holder = ModelHolder(self.registry, settings.model_name, **load_kwargs)
         self.batcher = MicroBatcher(self.holder, **batcher_kwargs, on_batch=self.record_batch)
         # other named models, loaded on their first request (REFIT_MAX_LOADED_MODELS)
@@ -61,22 +63,16 @@ class Context:
             on_change=lambda model, event: metrics.MODEL_LOADS.labels(model, event).inc(),
         )
         self.pool.pin(settings.model_name, self.holder, self.batcher)
-        # a challenger that passed the offline gate, scoring a sample of live traffic
-        self.shadow_holder = ModelHolder(
-            self.registry,
-            settings.model_name,
-            **{**load_kwargs, "threads": 1},  # leaves the other cores to production
-            alias="shadow",
-        )
-        self.shadow_batcher = MicroBatcher(self.shadow_holder, **batcher_kwargs)
-        self.shadow_busy = 0  # texts queued or running in the shadow batcher
-        self.shadow_latency: deque[tuple[float, float]] = deque(maxlen=2000)
+        # per model served here: a challenger that passed the offline gate, scoring a sample
+        # of that model's live traffic (followed by `swap`, dropped with the model)
+        self.shadows: dict[str, Shadow] = {settings.model_name: self._shadow(settings.model_name)}
         self._served: LoadedModel | None = None
         self._trim_polls = 0
         self._background: set[asyncio.Task] = set()
-        # live traffic of the default model, flushed to the store every REFIT_TRIGGER_POLL_S
-        self.traffic: dict[tuple[str, str], list[float]] = {}
-        self.uncertain: list[tuple[str, str, float, str, float]] = []
+        # live traffic of every model, flushed to the store every REFIT_TRIGGER_POLL_S:
+        # (model, version, label) -> [count, confidence sum]; uncertain inputs by model
+        self.traffic: dict[tuple[str, str, str], list[float]] = {}
+        self.uncertain: list[tuple[str, str, str, float, str, float]] = []
         self.served_ids: list[tuple[Any, ...]] = []
         # texts worth a label of models whose `store_texts` is on (the labeling queue)
         self.queue_inputs: list[tuple[str, dict[str, Any]]] = []
@@ -84,6 +80,45 @@ class Context:
         self.runner = JobRunner(settings, self.store, self.registry)
         self.dataplane = DataPlane(self)
         self.swap(force=True)
+
+    def _shadow(self, name: str) -> Shadow:
+        holder = ModelHolder(
+            self.registry,
+            name,
+            **{**self.load_kwargs, "threads": 1},  # leaves the other cores to production
+            alias="shadow",
+        )
+        return Shadow(holder, MicroBatcher(holder, **self.batcher_kwargs))
+
+    def served_here(self) -> dict[str, LoadedModel]:
+        """The production model of each model loaded in this worker."""
+        return {
+            key[0]: entry.holder.model
+            for key, entry in list(self.pool.entries.items())
+            if key[1] is None and entry.holder.model is not None
+        }
+
+    def follow_shadows(self) -> None:
+        """Give every model loaded here its shadow slot and follow its shadow alias (in a
+        thread, from `swap`); `drop_shadows` unloads the slots of models gone from here."""
+        for name in {self.settings.model_name, *self.served_here()}:
+            shadow = self.shadows.get(name)
+            if shadow is None:
+                shadow = self.shadows.setdefault(name, self._shadow(name))
+            try:
+                shadow.holder.refresh()
+            except Exception:  # the shadow never gets in production's way
+                log.exception("shadow refresh of %s failed", name)
+
+    def drop_shadows(self) -> None:
+        """Unload the shadow slots of models no longer loaded here (event loop only)."""
+        keep = {key[0] for key in self.pool.entries}
+        for name in [n for n in self.shadows if n not in keep]:
+            shadow = self.shadows.pop(name)
+            if shadow.busy == 0:
+                shadow.batcher.close()
+            else:  # still scoring: try again at the next poll
+                self.shadows.setdefault(name, shadow)
 
     # -- what routes ask ------------------------------------------------------------------
     def is_default(self, name: str) -> bool:
@@ -151,8 +186,9 @@ class Context:
         for (name, _), entry in entries:
             if entry.holder.model is not None:
                 keep[name].add(entry.holder.model.version)
-        if self.shadow_holder.model is not None:
-            keep[self.settings.model_name].add(self.shadow_holder.model.version)
+        for name, shadow in list(self.shadows.items()):
+            if shadow.holder.model is not None:
+                keep.setdefault(name, set()).add(shadow.holder.model.version)
         return keep
 
     # -- hot swap -------------------------------------------------------------------------
@@ -160,10 +196,7 @@ class Context:
         if self._trim_polls:  # a batch in flight during the swap may have freed the old
             self._trim_polls -= 1  # model only after the trim: trim again on later polls
             release_memory()
-        try:
-            self.shadow_holder.refresh()
-        except Exception:  # the shadow never gets in production's way
-            log.exception("shadow refresh failed")
+        self.follow_shadows()
         if not self.holder.refresh() and not force:
             return
         model = self.holder.model
@@ -185,6 +218,16 @@ class Context:
             del old
             release_memory()  # the replaced session's weights, back to the OS
             self._trim_polls = 3
+
+
+@dataclass
+class Shadow:
+    """A model's shadow version loaded beside its production, and what it scored here."""
+
+    holder: ModelHolder
+    batcher: MicroBatcher
+    busy: int = 0  # texts queued or running in its batcher
+    latency: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=2000))
 
 
 def retrain_policy(settings: Settings) -> RetrainPolicy:

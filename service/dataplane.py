@@ -1,6 +1,7 @@
 """The one inference path, protocol-independent: `/predict` (BentoML's api and the fast
 path) and V2 `infer` both check texts, infer and count here; each only shapes its answer.
-Shadow scoring rides along on the default model's requests.
+Shadow scoring, drift counts and uncertain inputs ride along on each model's production
+requests.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from service.pool import ModelLoadError, UnknownModel
 from service.responses import JSONResponse
 
 if TYPE_CHECKING:
-    from service.context import Context
+    from service.context import Context, Shadow
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,10 @@ class DataPlane:
             if not self.ctx.is_default(name):
                 check_name(name)
             self.check(texts, top_k)
-            served, scored, default, seconds = await self.infer(texts, name, version)
+            served, scored, production, seconds = await self.infer(texts, name, version)
         except ApiError as refused:
             return refused.response()
-        return self._answer(texts, top_k, served, scored, seconds, entered, default=default)
+        return self._answer(texts, top_k, served, scored, seconds, entered, production=production)
 
     def check(self, texts: list[str], top_k: int) -> None:
         """The request's texts and top_k within the limits, or an ApiError saying what is not."""
@@ -89,7 +90,7 @@ class DataPlane:
     ) -> tuple[LoadedModel, Scored, bool, float]:
         """Scores from the model serving `name` (its production, or `version`): the default
         model's own holder and batcher, any other from the pool (loaded on demand). Returns
-        (model, probabilities and out-of-scope flags, whether it is the default model, seconds)."""
+        (model, probabilities and out-of-scope flags, whether production answered, seconds)."""
         ctx = self.ctx
         if ctx.is_default(name) and version is None:
             # No registry check here: the watcher swaps models off the event loop (loading
@@ -115,7 +116,7 @@ class DataPlane:
             served, scored = await entry.batcher.submit(texts)
         finally:
             ctx.pool.release(entry)
-        return served, scored, False, time.perf_counter() - started
+        return served, scored, version is None, time.perf_counter() - started
 
     def counter(self, model: LoadedModel, label: str) -> Any:
         """`refit_predictions_total` for this version and label (a cached child: labels()
@@ -137,9 +138,9 @@ class DataPlane:
         seconds: float,
         entered: float,
         *,
-        default: bool,
+        production: bool,
     ) -> JSONResponse:
-        """The JSON answer, counters, and (the default model) drift and shadow bookkeeping."""
+        """The JSON answer, counters, and (a model's production) drift and shadow bookkeeping."""
         ctx = self.ctx
         k = min(top_k, len(model.labels))
         probs = scored.probabilities
@@ -148,7 +149,8 @@ class DataPlane:
         now = time.time()
         request_id = os.urandom(8).hex()
         keep_ids = self.settings.prediction_window > 0 and len(ctx.served_ids) < 50_000
-        shadowed = default and self._shadow_sample(len(texts))
+        shadow = ctx.shadows.get(model.name) if production else None
+        shadowed = shadow is not None and self._shadow_sample(shadow, model.name, len(texts))
         served_rows = ctx.served_ids if not shadowed else []
         rows = zip(texts, probs, top, scored.out_of_scope.tolist(), strict=True)
         for i, (text, row, order, outside) in enumerate(rows):
@@ -185,19 +187,21 @@ class DataPlane:
                 served_rows.append(
                     (prediction_id, model.name, model.version, answer, round(score, 6), now)
                 )
-            if default:  # drift and uncertain inputs are tracked for the default model
-                seen = ctx.traffic.setdefault((model.version, traffic_key), [0, 0.0])
+            if production:  # drift and uncertain inputs: a model's production traffic
+                key = (model.name, model.version, traffic_key)
+                seen = ctx.traffic.setdefault(key, [0, 0.0])
                 seen[0] += 1
                 seen[1] += score
             worth_a_label = outside or score < self.settings.uncertain_below
-            if default and worth_a_label and len(ctx.uncertain) < 1000:
-                ctx.uncertain.append((model.version, traffic_key, round(score, 6), text, now))
+            if production and worth_a_label and len(ctx.uncertain) < 1000:
+                row = (model.name, model.version, traffic_key, round(score, 6), text, now)
+                ctx.uncertain.append(row)
             if worth_a_label and len(ctx.queue_inputs) < 1000 and ctx.stores_texts(model.name):
                 item = {"text": text, "prediction_id": prediction_id, "out_of_scope": outside}
                 ctx.queue_inputs.append((model.name, item))
             predictions.append(prediction)
         if shadowed:
-            ctx.spawn(self._shadow_score(texts, served_rows, seconds, keep_ids))
+            ctx.spawn(self._shadow_score(shadow, texts, served_rows, seconds, keep_ids))
         if self.settings.log_texts:
             log.info(
                 "predict %r -> %s",
@@ -218,32 +222,36 @@ class DataPlane:
         )
 
     # -- shadow scoring -------------------------------------------------------------------
-    def _shadow_sample(self, n: int) -> bool:
-        """Whether the shadow also scores this request: a loaded shadow, the sampled share,
-        and room in its queue (a busy shadow skips rather than slow production down)."""
-        ctx = self.ctx
-        if ctx.shadow_holder.model is None or random.random() >= self.settings.shadow_fraction:
+    def _shadow_sample(self, slot: Shadow, name: str, n: int) -> bool:
+        """Whether the model's shadow also scores this request: a loaded shadow, the sampled
+        share, and room in its queue (a busy shadow skips rather than slow production down)."""
+        if slot.holder.model is None or random.random() >= self.settings.shadow_fraction:
             return False
-        if ctx.shadow_busy + n > self.settings.max_batch_texts:
-            metrics.SHADOW_SKIPPED.labels(self.settings.model_name).inc()
+        if slot.busy + n > self.settings.max_batch_texts:
+            metrics.SHADOW_SKIPPED.labels(name).inc()
             return False
-        ctx.shadow_busy += n
+        slot.busy += n
         return True
 
     async def _shadow_score(
-        self, texts: list[str], rows: list[tuple[Any, ...]], production_s: float, keep: bool
+        self,
+        slot: Shadow,
+        texts: list[str],
+        rows: list[tuple[Any, ...]],
+        production_s: float,
+        keep: bool,
     ) -> None:
         """Score a request production already answered; record the shadow's labels beside
         production's (what feedback is later compared with)."""
         ctx = self.ctx
         started = time.perf_counter()
         try:
-            shadow, shadow_scored = await ctx.shadow_batcher.submit(texts)
+            shadow, shadow_scored = await slot.batcher.submit(texts)
         except Exception as exc:  # unloaded meanwhile, or failed: production is unaffected
             log.debug("shadow scoring skipped: %s", exc)
             shadow = None
         finally:
-            ctx.shadow_busy -= len(texts)
+            slot.busy -= len(texts)
         if shadow is None:
             if keep:
                 ctx.served_ids.extend(rows)
@@ -268,7 +276,7 @@ class DataPlane:
         metrics.SHADOW_AGREED.labels(shadow.name, shadow.version).inc(agreed)
         metrics.SHADOW_LATENCY.labels(shadow.name, "production").observe(production_s)
         metrics.SHADOW_LATENCY.labels(shadow.name, "shadow").observe(seconds)
-        ctx.shadow_latency.append((production_s, seconds))
+        slot.latency.append((production_s, seconds))
 
 
 def shadow_answer(model: LoadedModel, scored: Scored, k: int) -> str:

@@ -51,88 +51,115 @@ class Monitor:
                 log.exception("trigger check failed")
 
     async def flush_and_trigger(self) -> None:
+        """Flush every model's traffic, then for each model: live accuracy, drift and
+        out-of-scope gauges, its shadow's judgement and its triggers. One model's failure
+        never stops the others' (logged, retried at the next poll)."""
         ctx = self.ctx
-        traffic, ctx.traffic = ctx.traffic, {}
-        uncertain, ctx.uncertain = ctx.uncertain, []
         served, ctx.served_ids = ctx.served_ids, []
         queued, ctx.queue_inputs = ctx.queue_inputs, []
-        name = ctx.settings.model_name
-        if traffic:
-            counts = {k: (int(v[0]), v[1]) for k, v in traffic.items()}
-            try:
-                await asyncio.to_thread(ctx.store.telemetry.add_traffic, name, counts)
-            except StoreUnavailable:  # kept for the next flush: drift counts are not lost
-                for key, (n, c) in counts.items():
-                    seen = ctx.traffic.setdefault(key, [0, 0.0])
-                    seen[0] += n
-                    seen[1] += c
-                ctx.uncertain = (uncertain + ctx.uncertain)[:1000]
-                raise
-        if uncertain:
-            await asyncio.to_thread(
-                ctx.store.telemetry.add_uncertain,
-                name,
-                uncertain,
-                keep_text=ctx.settings.store_uncertain_texts,
-            )
+        await self.flush_traffic()
         if served:  # best effort: a lost flush loses links to feedback, never predictions
-            try:
+            with contextlib.suppress(StoreUnavailable):
                 await asyncio.to_thread(
                     ctx.store.telemetry.add_predictions, served, keep=ctx.settings.prediction_window
                 )
-                live = await asyncio.to_thread(ctx.store.telemetry.live_accuracy, name)
-            except StoreUnavailable:
-                live = {}
-            for version, row in live.items():
-                metrics.LIVE_ACCURACY.labels(name, version).set(row["accuracy"])
         if queued:  # best effort, like the window above
             with contextlib.suppress(StoreUnavailable):
                 await asyncio.to_thread(labeling.flush_inputs, ctx, queued)
-        with contextlib.suppress(Exception):  # score new queue items ahead of the console
-            await labeling.refresh(ctx, name, budget_s=1.0)
-        with contextlib.suppress(StoreUnavailable):
-            await asyncio.to_thread(self.judge_shadow)
+        here = ctx.served_here()
+        for name in here:  # score new queue items ahead of the console
+            with contextlib.suppress(Exception):
+                await labeling.refresh(ctx, name, budget_s=1.0)
         with contextlib.suppress(StoreUnavailable):
             await asyncio.to_thread(self.fleet_metrics)
-        report = await asyncio.to_thread(drift, ctx)
-        if report is not None and report["label_js_divergence"] is not None:
-            metrics.DRIFT_JS.labels(name, report["version"]).set(report["label_js_divergence"])
-        if report is not None and report["live_mean_confidence"] is not None:
-            metrics.LIVE_CONFIDENCE.labels(name, report["version"]).set(
-                report["live_mean_confidence"]
+        models = await asyncio.to_thread(ctx.store.aliases.models)
+        for name in sorted(set(models) | set(here)):
+            try:
+                await self.check_model(name, here.get(name))
+            except StoreUnavailable:
+                raise
+            except Exception:
+                log.exception("checks of model %s failed", name)
+
+    async def flush_traffic(self) -> None:
+        """Drift counts and uncertain inputs of every model to the store; kept for the next
+        flush when the store is away (drift counts are not lost)."""
+        ctx = self.ctx
+        traffic, ctx.traffic = ctx.traffic, {}
+        uncertain, ctx.uncertain = ctx.uncertain, []
+        by_model: dict[str, dict[tuple[str, str], tuple[int, float]]] = {}
+        for (name, version, label), (n, c) in traffic.items():
+            by_model.setdefault(name, {})[(version, label)] = (int(n), c)
+        flushed: set[str] = set()
+        try:
+            for name, counts in by_model.items():
+                await asyncio.to_thread(ctx.store.telemetry.add_traffic, name, counts)
+                flushed.add(name)
+        except StoreUnavailable:
+            for key, (n, c) in traffic.items():
+                if key[0] not in flushed:
+                    seen = ctx.traffic.setdefault(key, [0, 0.0])
+                    seen[0] += n
+                    seen[1] += c
+            ctx.uncertain = (uncertain + ctx.uncertain)[:1000]
+            raise
+        rows: dict[str, list[tuple[str, str, float, str, float]]] = {}
+        for name, *row in uncertain:
+            rows.setdefault(name, []).append(tuple(row))  # type: ignore[arg-type]
+        for name, model_rows in rows.items():
+            await asyncio.to_thread(
+                ctx.store.telemetry.add_uncertain,
+                name,
+                model_rows,
+                keep_text=ctx.settings.store_uncertain_texts,
             )
-        if report is not None and report["live_out_of_scope_rate"] is not None:
-            metrics.LIVE_OUT_OF_SCOPE.labels(name, report["version"]).set(
-                report["live_out_of_scope_rate"]
-            )
-        if not ctx.settings.auto_retrain:
+
+    async def check_model(self, name: str, model: Any) -> None:
+        """`model`: the version serving `name` in this worker (None: not loaded here)."""
+        ctx = self.ctx
+        if model is not None:  # served here: feedback may have confirmed some of it
+            accuracy = await asyncio.to_thread(ctx.store.telemetry.live_accuracy, name)
+            for version, row in accuracy.items():
+                metrics.LIVE_ACCURACY.labels(name, version).set(row["accuracy"])
+        if name in ctx.shadows:
+            await asyncio.to_thread(self.judge_shadow, name)
+        report = await asyncio.to_thread(drift, ctx, name, model)
+        if report is not None:
+            for gauge, key in (
+                (metrics.DRIFT_JS, "label_js_divergence"),
+                (metrics.LIVE_CONFIDENCE, "live_mean_confidence"),
+                (metrics.LIVE_OUT_OF_SCOPE, "live_out_of_scope_rate"),
+            ):
+                if report[key] is not None:
+                    gauge.labels(name, report["version"]).set(report[key])
+        settings = ctx.settings_for(name)
+        if not settings.auto_retrain:
             return
+        policy, js = ctx.policy(name), report["label_js_divergence"] if report else None
+        state = await asyncio.to_thread(ctx.store.triggers.trigger_state, name)
+        if policy.fires(state, js, time.time()) is None:
+            return  # a read decides most polls; the locked write below only when it fires
         job = await asyncio.to_thread(
-            ctx.store.triggers.maybe_trigger,
-            name,
-            ctx.policy(name),
-            drift=report["label_js_divergence"] if report else None,
-            owner_pid=os.getpid(),
+            ctx.store.triggers.maybe_trigger, name, policy, drift=js, owner_pid=os.getpid()
         )
         if job is None:
             return
         metrics.AUTO_RETRAINS.labels(name, job.request["trigger"]).inc()
-        log.info("job %s started by a trigger: %s", job.id, job.request["cause"])
+        log.info("job %s of %s started by a trigger: %s", job.id, name, job.request["cause"])
         if ctx.embedded:  # else a `refit worker` claims it
             ctx.spawn(self.runner.run(job.id))
 
-    def judge_shadow(self) -> dict[str, Any] | None:
-        """Promote the shadow once it is not worse than production on enough linked
+    def judge_shadow(self, name: str) -> dict[str, Any] | None:
+        """Promote `name`'s shadow once it is not worse than production on enough linked
         feedback (`REFIT_SHADOW_MIN_LABELED`), or drop it. Every worker of every replica
         may judge; the alias compare-and-set lets exactly one decision through."""
         ctx = self.ctx
-        name = ctx.settings.model_name
         aliases = ctx.registry.aliases(name)
         production, shadow = aliases.get("production"), aliases.get("shadow")
         if not production or not shadow:
             return None
         report = ctx.store.telemetry.shadow_report(name, production, shadow)
-        if report["labeled"] < ctx.settings.shadow_min_labeled:
+        if report["labeled"] < ctx.settings_for(name).shadow_min_labeled:
             return None
         tolerance = ctx.settings_for(name).promotion_tolerance
         better = report["shadow_accuracy"] >= report["production_accuracy"] - tolerance
@@ -154,13 +181,19 @@ class Monitor:
         return decision
 
     def fleet_metrics(self) -> None:
-        """Workers' heartbeats and the job history as gauges (see metrics.WORKER_HEARTBEAT_AGE)."""
+        """Workers' heartbeats and each model's job history as gauges (see
+        metrics.WORKER_HEARTBEAT_AGE)."""
         ctx = self.ctx
-        name, now = ctx.settings.model_name, time.time()
+        now = time.time()
         for worker in ctx.store.workers.list():
             age = now - float(worker["heartbeat_at"])
             if worker["state"] != "stopped" and age < 86_400:
                 metrics.WORKER_HEARTBEAT_AGE.labels(worker["id"]).set(round(age, 1))
+        for name in {ctx.settings.model_name, *ctx.store.aliases.models()}:
+            self.job_metrics(name)
+
+    def job_metrics(self, name: str) -> None:
+        ctx = self.ctx
         jobs = ctx.store.jobs.list_jobs(name, limit=50)
         for state in ACTIVE_STATES:
             metrics.JOBS.labels(name, state).set(sum(j.state == state for j in jobs))
@@ -180,9 +213,11 @@ class Monitor:
             )
 
 
-def drift(ctx: Context) -> dict[str, Any] | None:
-    """The drift report of the default model's served version (None before one is loaded)."""
-    model = ctx.holder.model
+def drift(ctx: Context, name: str | None = None, model: Any = None) -> dict[str, Any] | None:
+    """The drift report of the version serving `name` here (default: the default model;
+    None when it is not loaded in this worker)."""
+    if name is None or ctx.is_default(name):
+        model = ctx.holder.model
     if model is None:
         return None
     try:

@@ -86,9 +86,11 @@ class ModelSettings(BaseModel):
     fine_tuning_at: int | None = Field(None, ge=2, le=100_000)
     time_budget_s: float | None = Field(None, ge=1, le=86_400)
     promotion_tolerance: float | None = Field(None, ge=0, le=1)
+    auto_retrain: bool | None = Field(None, description="triggers start jobs for this model")
     retrain_min_pending: int | None = Field(None, ge=0)
     retrain_interval_s: float | None = Field(None, ge=0)
     drift_threshold: float | None = Field(None, ge=0, le=1)
+    shadow_min_labeled: int | None = Field(None, ge=1, le=1_000_000)
     out_of_scope: Literal["auto", "off"] | None = None
     out_of_scope_label: str | None = Field(
         None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"

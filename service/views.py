@@ -96,15 +96,15 @@ def model_view(ctx: Context, name: str) -> dict[str, Any]:
         "default": default,
         "production": aliases.get("production"),
         "previous": aliases.get("previous"),
-        "shadow": shadow_view(ctx, aliases) if default else None,
+        "shadow": shadow_view(ctx, name, aliases),
         "retrain_policy": {
-            # triggers (feedback count, interval, drift) run for the default model
-            "auto_retrain": ctx.settings.auto_retrain and default,
+            # triggers (feedback count, interval, drift) run for every model
+            "auto_retrain": ctx.settings_for(name).auto_retrain,
             **ctx.policy(name).to_dict(),
             "state": state,
         },
         "settings": ctx.effective_settings(name),
-        "drift": drift(ctx) if default else None,
+        "drift": drift(ctx, name, served),
         "live_accuracy": ctx.store.telemetry.live_accuracy(name),
         "ready": served is not None,
         "serving": {
@@ -123,9 +123,10 @@ def model_view(ctx: Context, name: str) -> dict[str, Any]:
     }
 
 
-def shadow_view(ctx: Context, aliases: dict[str, str]) -> dict[str, Any]:
+def shadow_view(ctx: Context, name: str, aliases: dict[str, str]) -> dict[str, Any]:
     shadow, production = aliases.get("shadow"), aliases.get("production")
-    lat = list(ctx.shadow_latency)
+    slot = ctx.shadows.get(name)
+    lat = list(slot.latency) if slot else []
 
     def ms(values: list[float], q: float) -> float | None:
         return round(float(np.percentile(values, q)) * 1000, 2) if values else None
@@ -134,9 +135,9 @@ def shadow_view(ctx: Context, aliases: dict[str, str]) -> dict[str, Any]:
     return {
         "version": shadow,
         "fraction": ctx.settings.shadow_fraction,
-        "promote_after_labeled": ctx.settings.shadow_min_labeled,
-        "loaded_here": (m.version if (m := ctx.shadow_holder.model) else None),
-        "live": ctx.store.telemetry.shadow_report(ctx.settings.model_name, production, shadow)
+        "promote_after_labeled": ctx.settings_for(name).shadow_min_labeled,
+        "loaded_here": (m.version if slot and (m := slot.holder.model) else None),
+        "live": ctx.store.telemetry.shadow_report(name, production, shadow)
         if shadow and production
         else None,
         "latency_this_worker": {
@@ -146,5 +147,5 @@ def shadow_view(ctx: Context, aliases: dict[str, str]) -> dict[str, Any]:
             "shadow_p50_ms": ms(shad, 50),
             "shadow_p99_ms": ms(shad, 99),
         },
-        "last_decision": ctx.store.telemetry.shadow_decision(ctx.settings.model_name),
+        "last_decision": ctx.store.telemetry.shadow_decision(name),
     }

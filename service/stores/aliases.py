@@ -30,6 +30,14 @@ class AliasTable:
         found = {"production": row[0], "previous": row[1], "shadow": row[2]}
         return {k: v for k, v in found.items() if v}, int(row[3])
 
+    def models(self) -> list[str]:
+        """Every model with a production version (what the triggers watch)."""
+        with self.db.read() as db:
+            rows = db.execute(
+                sa.text("SELECT model FROM aliases WHERE production IS NOT NULL ORDER BY model")
+            ).all()
+        return [r[0] for r in rows]
+
     def compare_and_set(self, model: str, expected: int, aliases: dict[str, str]) -> bool:
         """Write `aliases` if the generation is still `expected`; False if another writer
         moved them first (read again and retry)."""
