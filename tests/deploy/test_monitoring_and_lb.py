@@ -238,10 +238,16 @@ def test_rolling_restart_behind_haproxy_fails_no_request(replicas, tmp_path: Pat
     threads = [
         threading.Thread(target=_client, args=(lb, stop, outcomes, workers)) for _ in range(16)
     ]
+    def answers() -> bool:
+        try:
+            return httpx.post(f"http://{lb}/predict", content=BODY, timeout=10).status_code == 200
+        except httpx.HTTPError:  # not listening yet, or no server up yet
+            return False
+
     try:
+        wait_until(answers, 120, "the balancer answers", step=0.5)  # first health checks
         for t in threads:
             t.start()
-        wait_until(lambda: outcomes[200] >= 100, 120, "the balancer answers")
         before = set(workers)
         for replica in (a, b):
             replica.stop()  # SIGTERM: drain, exit
