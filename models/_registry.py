@@ -180,43 +180,51 @@ class Registry:
             current = aliases.get("production")
             if current == version:
                 return None
-            shadow = aliases.get("shadow")
             return {
                 "production": version,
                 **({"previous": current} if current else {}),
-                **({"shadow": shadow} if shadow and shadow != version else {}),
+                **_challengers(aliases, version),
             }
 
         return self._move_aliases(validate_model_name(name), change)
 
-    def shadow(self, name: str, version: str) -> dict[str, str]:
-        """Load `version` beside production to score live traffic (it answers nobody);
-        replaces any earlier shadow."""
+    def shadow(self, name: str, version: str, *, alias: str = "shadow") -> dict[str, str]:
+        """Load `version` beside production under `alias`: `shadow` scores live traffic
+        (it answers nobody), `canary` answers a share of it; replaces an earlier one."""
         version = self.resolve(name, version)
         self.verify(name, version)
 
         def change(aliases: dict[str, str]) -> dict[str, str] | None:
             if aliases.get("production") in (None, version):
                 raise RegistryError(
-                    f"{name}/{version} cannot shadow: it is production, or there is no"
-                    " production version to compare with; promote it instead"
+                    f"{name}/{version} cannot be the {alias}: it is production, or there is"
+                    " no production version to compare with; promote it instead"
                 )
-            return {**aliases, "shadow": version}
+            other = "canary" if alias == "shadow" else "shadow"
+            if aliases.get(other) == version:
+                raise RegistryError(f"{name}/{version} is the {other} already; stop that first")
+            return {**aliases, alias: version}
 
         return self._move_aliases(validate_model_name(name), change)
 
-    def end_shadow(self, name: str, version: str, *, promote: bool) -> dict[str, str] | None:
-        """Promote the shadow `version` or drop it; None when it is no longer the shadow
-        (another replica decided first, or an operator changed the aliases)."""
+    def end_shadow(
+        self, name: str, version: str, *, promote: bool, alias: str = "shadow"
+    ) -> dict[str, str] | None:
+        """Promote the `alias` (shadow or canary) `version` or drop it; None when it is no
+        longer that alias (another replica decided first, or an operator moved it)."""
         done: list[dict[str, str]] = []
 
         def change(aliases: dict[str, str]) -> dict[str, str] | None:
             done.clear()
-            if aliases.get("shadow") != version:
+            if aliases.get(alias) != version:
                 return None
-            rest = {k: v for k, v in aliases.items() if k != "shadow"}
+            rest = {k: v for k, v in aliases.items() if k != alias}
             if promote:
-                rest = {"production": version, "previous": aliases["production"]}
+                rest = {
+                    "production": version,
+                    "previous": aliases["production"],
+                    **_challengers(rest, version),
+                }
             done.append(rest)
             return rest
 
@@ -238,9 +246,11 @@ class Registry:
             if previous not in checked:
                 self.verify(name, previous)
                 checked.add(previous)
-            kept = aliases.get("shadow")
-            shadow = {"shadow": kept} if kept and kept != previous else {}
-            return {"production": previous, "previous": aliases["production"], **shadow}
+            return {
+                "production": previous,
+                "previous": aliases["production"],
+                **_challengers(aliases, previous),
+            }
 
         return self._move_aliases(name, change)
 
@@ -297,6 +307,11 @@ class Registry:
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(p.name)
         return removed + self.storage.clean_incomplete(name)
+
+
+def _challengers(aliases: dict[str, str], production: str) -> dict[str, str]:
+    """The shadow and canary kept across a change of production (unless it is them)."""
+    return {k: v for k in ("shadow", "canary") if (v := aliases.get(k)) and v != production}
 
 
 def check_files(name: str, version: str, path: Path, files: dict[str, str]) -> None:

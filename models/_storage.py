@@ -23,7 +23,7 @@ from models._metadata import ModelMetadata
 
 METADATA_FILE = "metadata.json"
 ALIASES_FILE = "aliases.json"
-ALIASES = ("production", "previous", "shadow")
+ALIASES = ("production", "previous", "shadow", "canary")
 _STAGING_PREFIX = ".staging-"
 _STALE_STAGING_S = 6 * 3600
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

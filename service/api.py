@@ -12,6 +12,7 @@ from service import errors
 from service.auth import require_token
 from service.responses import JSONResponse
 from service.routes import (
+    canary,
     console,
     feedback,
     health,
@@ -25,7 +26,18 @@ from service.routes import (
 
 ROUTERS = tuple(
     family.router
-    for family in (models, shadow, feedback, labeling, suspects, jobs, health, predict, console)
+    for family in (
+        models,
+        shadow,
+        canary,
+        feedback,
+        labeling,
+        suspects,
+        jobs,
+        health,
+        predict,
+        console,
+    )
 )
 
 

@@ -65,7 +65,13 @@ class Context:
         self.pool.pin(settings.model_name, self.holder, self.batcher)
         # per model served here: a challenger that passed the offline gate, scoring a sample
         # of that model's live traffic (followed by `swap`, dropped with the model)
-        self.shadows: dict[str, Shadow] = {settings.model_name: self._shadow(settings.model_name)}
+        self.shadows: dict[str, Challenger] = {
+            settings.model_name: self._shadow(settings.model_name)
+        }
+        # and a canary answering a share of its callers (service/canary.py), with this
+        # worker's window of both versions' answers
+        self.canaries: dict[str, Challenger] = {}
+        self.canary_windows: dict[str, Any] = {}
         self._served: LoadedModel | None = None
         self._trim_polls = 0
         self._background: set[asyncio.Task] = set()
@@ -76,19 +82,18 @@ class Context:
         self.served_ids: list[tuple[Any, ...]] = []
         # texts worth a label of models whose `store_texts` is on (the labeling queue)
         self.queue_inputs: list[tuple[str, dict[str, Any]]] = []
-        self._stores_texts: dict[str, tuple[bool, float]] = {}
+        self._settings_cache: dict[str, tuple[Settings, float]] = {}
         self.runner = JobRunner(settings, self.store, self.registry)
         self.dataplane = DataPlane(self)
         self.swap(force=True)
 
-    def _shadow(self, name: str) -> Shadow:
+    def _shadow(self, name: str, alias: str = "shadow") -> Challenger:
+        # a shadow answers nobody: one thread leaves the other cores to production
+        threads = 1 if alias == "shadow" else self.load_kwargs["threads"]
         holder = ModelHolder(
-            self.registry,
-            name,
-            **{**self.load_kwargs, "threads": 1},  # leaves the other cores to production
-            alias="shadow",
+            self.registry, name, **{**self.load_kwargs, "threads": threads}, alias=alias
         )
-        return Shadow(holder, MicroBatcher(holder, **self.batcher_kwargs))
+        return Challenger(holder, MicroBatcher(holder, **self.batcher_kwargs))
 
     def served_here(self) -> dict[str, LoadedModel]:
         """The production model of each model loaded in this worker."""
@@ -99,26 +104,28 @@ class Context:
         }
 
     def follow_shadows(self) -> None:
-        """Give every model loaded here its shadow slot and follow its shadow alias (in a
-        thread, from `swap`); `drop_shadows` unloads the slots of models gone from here."""
+        """Give every model loaded here its shadow and canary slots and follow those aliases
+        (in a thread, from `swap`); `drop_shadows` unloads the slots of models gone."""
         for name in {self.settings.model_name, *self.served_here()}:
-            shadow = self.shadows.get(name)
-            if shadow is None:
-                shadow = self.shadows.setdefault(name, self._shadow(name))
-            try:
-                shadow.holder.refresh()
-            except Exception:  # the shadow never gets in production's way
-                log.exception("shadow refresh of %s failed", name)
+            for alias, slots in (("shadow", self.shadows), ("canary", self.canaries)):
+                slot = slots.get(name)
+                if slot is None:
+                    slot = slots.setdefault(name, self._shadow(name, alias))
+                try:
+                    slot.holder.refresh()
+                except Exception:  # a challenger never gets in production's way
+                    log.exception("%s refresh of %s failed", alias, name)
 
     def drop_shadows(self) -> None:
-        """Unload the shadow slots of models no longer loaded here (event loop only)."""
+        """Unload the challengers of models no longer loaded here (event loop only)."""
         keep = {key[0] for key in self.pool.entries}
-        for name in [n for n in self.shadows if n not in keep]:
-            shadow = self.shadows.pop(name)
-            if shadow.busy == 0:
-                shadow.batcher.close()
-            else:  # still scoring: try again at the next poll
-                self.shadows.setdefault(name, shadow)
+        for slots in (self.shadows, self.canaries):
+            for name in [n for n in slots if n not in keep]:
+                slot = slots.pop(name)
+                if slot.busy == 0:
+                    slot.batcher.close()
+                else:  # still scoring: try again at the next poll
+                    slots.setdefault(name, slot)
 
     # -- what routes ask ------------------------------------------------------------------
     def is_default(self, name: str) -> bool:
@@ -137,14 +144,18 @@ class Context:
         """REFIT_* settings with `name`'s overrides (PUT /models/{name}/settings) applied."""
         return self.settings.model_copy(update=self.overrides(name))
 
-    def stores_texts(self, name: str) -> bool:
-        """Whether `name` queues served texts for labeling (its `store_texts` setting), read
-        from the store at most every 5 s: this is asked on the prediction path."""
+    def cached_settings(self, name: str) -> Settings:
+        """`settings_for(name)` read from the store at most every 5 s: what the prediction
+        path asks (queue served texts? the canary's share?)."""
         now = time.monotonic()
-        known = self._stores_texts.get(name)
+        known = self._settings_cache.get(name)
         if known is None or now - known[1] > 5.0:
-            known = self._stores_texts[name] = (self.settings_for(name).store_texts, now)
+            known = self._settings_cache[name] = (self.settings_for(name), now)
         return known[0]
+
+    def stores_texts(self, name: str) -> bool:
+        """Whether `name` queues served texts for labeling (its `store_texts` setting)."""
+        return self.cached_settings(name).store_texts
 
     def effective_settings(self, name: str) -> dict[str, Any]:
         overrides = self.overrides(name)
@@ -186,9 +197,9 @@ class Context:
         for (name, _), entry in entries:
             if entry.holder.model is not None:
                 keep[name].add(entry.holder.model.version)
-        for name, shadow in list(self.shadows.items()):
-            if shadow.holder.model is not None:
-                keep.setdefault(name, set()).add(shadow.holder.model.version)
+        for name, slot in [*self.shadows.items(), *self.canaries.items()]:
+            if slot.holder.model is not None:
+                keep.setdefault(name, set()).add(slot.holder.model.version)
         return keep
 
     # -- hot swap -------------------------------------------------------------------------
@@ -221,8 +232,8 @@ class Context:
 
 
 @dataclass
-class Shadow:
-    """A model's shadow version loaded beside its production, and what it scored here."""
+class Challenger:
+    """A model's shadow or canary version loaded beside its production, and its load."""
 
     holder: ModelHolder
     batcher: MicroBatcher

@@ -19,7 +19,7 @@ from models import InvalidModelNameError, RegistryUnavailable, validate_model_na
 from models._inference import Scored
 from models.multilabel import NO_LABEL, encode_label_set
 from models.text import FIXES, invalid_character
-from service import metrics
+from service import canary, metrics
 from service.errors import (
     ApiError,
     BadRequest,
@@ -34,7 +34,7 @@ from service.pool import ModelLoadError, UnknownModel
 from service.responses import JSONResponse
 
 if TYPE_CHECKING:
-    from service.context import Context, Shadow
+    from service.context import Challenger, Context
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,12 @@ class DataPlane:
         self._counters: dict[tuple[str, str], Any] = {}
 
     async def classify(
-        self, texts: list[str], top_k: int, model: str | None = None, version: str | None = None
+        self,
+        texts: list[str],
+        top_k: int,
+        model: str | None = None,
+        version: str | None = None,
+        route_key: str | None = None,
     ) -> JSONResponse:
         """`/predict` after its body parsed: reached through BentoML's api, or straight from
         `PredictFastPath` for well-formed bodies (the same code either way)."""
@@ -56,7 +61,7 @@ class DataPlane:
             if not self.ctx.is_default(name):
                 check_name(name)
             self.check(texts, top_k)
-            served, scored, production, seconds = await self.infer(texts, name, version)
+            served, scored, production, seconds = await self.infer(texts, name, version, route_key)
         except ApiError as refused:
             return refused.response()
         return self._answer(texts, top_k, served, scored, seconds, entered, production=production)
@@ -86,13 +91,58 @@ class DataPlane:
             raise BadRequest(f"top_k must be between 1 and {limits.max_top_k}, got {top_k}")
 
     async def infer(
-        self, texts: list[str], name: str, version: str | None
+        self, texts: list[str], name: str, version: str | None, route_key: str | None = None
     ) -> tuple[LoadedModel, Scored, bool, float]:
-        """Scores from the model serving `name` (its production, or `version`): the default
-        model's own holder and batcher, any other from the pool (loaded on demand). Returns
-        (model, probabilities and out-of-scope flags, whether production answered, seconds)."""
+        """Scores from the model serving `name` (its production, its canary for the callers
+        routed there, or `version`): the default model's own holder and batcher, any other
+        from the pool (loaded on demand). Returns (model, probabilities and out-of-scope
+        flags, whether production answered, seconds)."""
         ctx = self.ctx
-        if ctx.is_default(name) and version is None:
+        slot = ctx.canaries.get(name) if version is None else None
+        if slot is not None and slot.holder.model is not None:
+            fraction = ctx.cached_settings(name).canary_fraction
+            if canary.routed(name, route_key, fraction):
+                answered = await self._canary(slot, name, texts)
+                if answered is not None:
+                    return answered
+            started = time.perf_counter()
+            try:
+                served, scored, production, seconds = await self._production(texts, name)
+            except Exception:
+                seconds = time.perf_counter() - started
+                canary.record(ctx, name, "production", "production", seconds, False)
+                raise
+            canary.record(ctx, name, served.version, "production", seconds, True)
+            return served, scored, production, seconds
+        if version is None:
+            return await self._production(texts, name)
+        return await self._pooled(texts, name, version)
+
+    async def _canary(
+        self, slot: Challenger, name: str, texts: list[str]
+    ) -> tuple[LoadedModel, Scored, bool, float] | None:
+        """The canary's answer, or None when it failed (production answers instead)."""
+        started = time.perf_counter()
+        slot.busy += len(texts)
+        try:
+            served, scored = await slot.batcher.submit(texts)
+        except Exception as exc:
+            seconds = time.perf_counter() - started
+            version = slot.holder.model.version if slot.holder.model else "unloaded"
+            canary.record(self.ctx, name, version, "canary", seconds, False)
+            log.warning("canary %s/%s failed, production answers: %s", name, version, exc)
+            return None
+        finally:
+            slot.busy -= len(texts)
+        seconds = time.perf_counter() - started
+        canary.record(self.ctx, name, served.version, "canary", seconds, True)
+        return served, scored, False, seconds
+
+    async def _production(
+        self, texts: list[str], name: str
+    ) -> tuple[LoadedModel, Scored, bool, float]:
+        ctx = self.ctx
+        if ctx.is_default(name):
             # No registry check here: the watcher swaps models off the event loop (loading
             # and hashing a version takes ~0.3 s that would stall every request of this worker).
             if ctx.holder.model is None:
@@ -103,6 +153,12 @@ class DataPlane:
             started = time.perf_counter()
             served, scored = await ctx.batcher.submit(texts)
             return served, scored, True, time.perf_counter() - started
+        return await self._pooled(texts, name, None)
+
+    async def _pooled(
+        self, texts: list[str], name: str, version: str | None
+    ) -> tuple[LoadedModel, Scored, bool, float]:
+        ctx = self.ctx
         try:
             entry = await ctx.pool.acquire(name, version)
         except UnknownModel as exc:
@@ -222,7 +278,7 @@ class DataPlane:
         )
 
     # -- shadow scoring -------------------------------------------------------------------
-    def _shadow_sample(self, slot: Shadow, name: str, n: int) -> bool:
+    def _shadow_sample(self, slot: Challenger, name: str, n: int) -> bool:
         """Whether the model's shadow also scores this request: a loaded shadow, the sampled
         share, and room in its queue (a busy shadow skips rather than slow production down)."""
         if slot.holder.model is None or random.random() >= self.settings.shadow_fraction:
@@ -235,7 +291,7 @@ class DataPlane:
 
     async def _shadow_score(
         self,
-        slot: Shadow,
+        slot: Challenger,
         texts: list[str],
         rows: list[tuple[Any, ...]],
         production_s: float,

@@ -120,6 +120,15 @@ SHADOW_LATENCY = Histogram(
 SHADOW_DECISIONS = Counter(
     "refit_shadow_decisions", "Shadow versions promoted or dropped", ["model", "outcome"]
 )
+CANARY_REQUESTS = Counter(
+    "refit_canary_requests",
+    "Requests of a model with a canary, by who answered (production/canary) and outcome"
+    " (ok/error: a canary error is answered by production instead)",
+    ["model", "role", "outcome"],
+)
+CANARY_DECISIONS = Counter(
+    "refit_canary_decisions", "Canary versions promoted or rolled back", ["model", "outcome"]
+)
 MODEL_LOADS = Counter(
     "refit_model_loads",
     "Named models loaded on demand or unloaded (least recently used) by a worker",

@@ -332,7 +332,7 @@ class BoundedMetricsMiddleware:
         )
 
 
-PredictHandler = Callable[[list[str], int, str | None], Awaitable[Any]]
+PredictHandler = Callable[..., Awaitable[Any]]  # (texts, top_k, model, *, route_key)
 
 
 class PredictFastPath:
@@ -370,7 +370,8 @@ class PredictFastPath:
             await self.app(scope, replay(body), send)
             return
         try:
-            response = await handler(*request)
+            key = header(scope, b"x-refit-route-key")  # sticky canary routing
+            response = await handler(*request, route_key=key)
         except Exception:  # a bug, not the caller's mistake: a generic 500 now, never a hang
             request_id = os.urandom(8).hex()
             log.exception("POST /predict failed (request %s)", request_id)

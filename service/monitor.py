@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from models import RegistryError
-from service import labeling, metrics
+from service import canary, labeling, metrics
 from service.context import Context
 from service.drift import drift_report
 from service.runner import JobRunner
@@ -41,6 +41,8 @@ class Monitor:
                 await asyncio.to_thread(ctx.swap)
             with contextlib.suppress(Exception):
                 ctx.pool.drop(await asyncio.to_thread(ctx.pool.refresh))
+            with contextlib.suppress(Exception):
+                ctx.drop_shadows()
 
     async def _poll(self) -> None:
         while True:
@@ -123,6 +125,8 @@ class Monitor:
                 metrics.LIVE_ACCURACY.labels(name, version).set(row["accuracy"])
         if name in ctx.shadows:
             await asyncio.to_thread(self.judge_shadow, name)
+        if name in ctx.canaries:
+            await asyncio.to_thread(canary.judge, ctx, name)
         report = await asyncio.to_thread(drift, ctx, name, model)
         if report is not None:
             for gauge, key in (

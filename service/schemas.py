@@ -91,6 +91,9 @@ class ModelSettings(BaseModel):
     retrain_interval_s: float | None = Field(None, ge=0)
     drift_threshold: float | None = Field(None, ge=0, le=1)
     shadow_min_labeled: int | None = Field(None, ge=1, le=1_000_000)
+    canary_fraction: float | None = Field(None, ge=0, le=1)
+    canary_min_labeled: int | None = Field(None, ge=1, le=1_000_000)
+    canary_latency_factor: float | None = Field(None, ge=1, le=100)
     out_of_scope: Literal["auto", "off"] | None = None
     out_of_scope_label: str | None = Field(
         None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"
@@ -144,6 +147,23 @@ class PredictResponse(BaseModel):
     model: str
     version: str
     predictions: list[Prediction]
+
+
+class CanaryRequest(BaseModel):
+    """`POST /models/{name}/canary`: a version answering a share of the model's callers."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(
+        pattern=r"^(v\d{8}-\d{6}-\d{6}-[0-9a-f]{4}|previous|shadow)$",
+        description="a version id or the alias `previous` or `shadow`",
+    )
+    fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="share of callers it answers (stored as the model's canary_fraction;"
+        " default: the current one)",
+    )
 
 
 class PromoteRequest(BaseModel):

@@ -212,6 +212,26 @@ class Settings(BaseSettings):
         description="linked feedback examples (scored by both) before the shadow is promoted"
         " (not worse than production) or dropped",
     )
+    canary_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="share of callers a canary version answers (sticky per"
+        " X-Refit-Route-Key, random per request without one)",
+    )
+    canary_min_labeled: int = Field(
+        200,
+        ge=1,
+        description="linked feedback examples on the canary's own answers before it is"
+        " promoted or rolled back by the rule in service/canary.py",
+    )
+    canary_latency_factor: float = Field(
+        1.5,
+        ge=1,
+        le=100,
+        description="a canary whose p99 latency is above this times production's (+5 ms) is"
+        " rolled back instead of promoted",
+    )
     request_timeout_s: float = Field(
         20,
         ge=0,

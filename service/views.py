@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from models import CorruptVersionError, RegistryUnavailable
+from service import canary
 from service.context import Context
 from service.monitor import drift
 
@@ -97,6 +98,7 @@ def model_view(ctx: Context, name: str) -> dict[str, Any]:
         "production": aliases.get("production"),
         "previous": aliases.get("previous"),
         "shadow": shadow_view(ctx, name, aliases),
+        "canary": canary.view(ctx, name, aliases),
         "retrain_policy": {
             # triggers (feedback count, interval, drift) run for every model
             "auto_retrain": ctx.settings_for(name).auto_retrain,

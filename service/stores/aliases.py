@@ -1,4 +1,4 @@
-"""The aliases of every model (production, previous, shadow): one row per model, the one
+"""The aliases of every model (production, previous, shadow, canary): one row per model, the one
 source of truth, moved by compare-and-set on a generation number so two promotions at the
 same moment — on one machine or on two replicas — apply one after the other."""
 
@@ -16,19 +16,20 @@ class AliasTable:
         self.db = db
 
     def read(self, model: str) -> tuple[dict[str, str], int]:
-        """`({"production": V, "previous": V, "shadow": V}, generation)`; generation 0:
-        never set."""
+        """`({"production": V, "previous": V, "shadow": V, "canary": V}, generation)`;
+        generation 0: never set."""
         with self.db.read() as db:
             row = db.execute(
                 sa.text(
-                    "SELECT production, previous, shadow, generation FROM aliases WHERE model=:m"
+                    "SELECT production, previous, shadow, canary, generation FROM aliases"
+                    " WHERE model=:m"
                 ),
                 {"m": model},
             ).first()
         if row is None:
             return {}, 0
-        found = {"production": row[0], "previous": row[1], "shadow": row[2]}
-        return {k: v for k, v in found.items() if v}, int(row[3])
+        found = {"production": row[0], "previous": row[1], "shadow": row[2], "canary": row[3]}
+        return {k: v for k, v in found.items() if v}, int(row[4])
 
     def models(self) -> list[str]:
         """Every model with a production version (what the triggers watch)."""
@@ -46,6 +47,7 @@ class AliasTable:
             "p": aliases.get("production"),
             "v": aliases.get("previous"),
             "s": aliases.get("shadow"),
+            "c": aliases.get("canary"),
             "g": expected,
             "now": time.time(),
         }
@@ -53,8 +55,8 @@ class AliasTable:
             if expected == 0:
                 cur = db.execute(
                     sa.text(
-                        "INSERT INTO aliases (model, production, previous, shadow, generation,"
-                        " updated_at) VALUES (:m, :p, :v, :s, 1, :now)"
+                        "INSERT INTO aliases (model, production, previous, shadow, canary,"
+                        " generation, updated_at) VALUES (:m, :p, :v, :s, :c, 1, :now)"
                         " ON CONFLICT (model) DO NOTHING"
                     ),
                     values,
@@ -62,7 +64,7 @@ class AliasTable:
             else:
                 cur = db.execute(
                     sa.text(
-                        "UPDATE aliases SET production=:p, previous=:v, shadow=:s,"
+                        "UPDATE aliases SET production=:p, previous=:v, shadow=:s, canary=:c,"
                         " generation=generation+1, updated_at=:now"
                         " WHERE model=:m AND generation=:g"
                     ),

@@ -99,6 +99,8 @@ aliases = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("shadow", sa.Text),
     sa.Column("shadow_decision", sa.Text),
+    sa.Column("canary", sa.Text),
+    sa.Column("canary_decision", sa.Text),
 )
 model_locks = sa.Table("model_locks", metadata, sa.Column("model", sa.Text, primary_key=True))
 workers = sa.Table(

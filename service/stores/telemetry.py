@@ -16,6 +16,9 @@ from service.stores.db import Database
 UNCERTAIN_KEPT = 1000  # rows of low-confidence inputs kept per model
 
 
+_DECISIONS = {"shadow": "shadow_decision", "canary": "canary_decision"}  # fixed names
+
+
 class TelemetryStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -174,24 +177,37 @@ class TelemetryStore:
             "shadow_accuracy": round(int(shadow_ok or 0) / labeled, 4) if labeled else None,
         }
 
-    def shadow_decision(self, model: str) -> dict[str, Any] | None:
-        """The last decision about a shadow version (promoted or dropped), if any."""
+    def first_served(self, model: str, version: str) -> float | None:
+        """When `version` answered first within the kept window of predictions."""
+        with self.db.read() as db:
+            first = db.execute(
+                sa.text("SELECT MIN(created_at) FROM predictions WHERE model=:m AND version=:v"),
+                {"m": model, "v": version},
+            ).scalar()
+        return float(first) if first is not None else None
+
+    def shadow_decision(self, model: str, alias: str = "shadow") -> dict[str, Any] | None:
+        """The last decision about a shadow (or canary) version, if any."""
+        column = _DECISIONS[alias]
         with self.db.read() as db:
             raw = db.execute(
-                sa.text("SELECT shadow_decision FROM aliases WHERE model=:m"), {"m": model}
+                sa.text(f"SELECT {column} FROM aliases WHERE model=:m"), {"m": model}
             ).scalar()
         return json.loads(raw) if raw else None
 
-    def record_shadow_decision(self, model: str, decision: dict[str, Any]) -> None:
+    def record_shadow_decision(
+        self, model: str, decision: dict[str, Any], alias: str = "shadow"
+    ) -> None:
+        column = _DECISIONS[alias]
         with self.db.tx() as db:
             db.execute(
-                sa.text("UPDATE aliases SET shadow_decision=:d WHERE model=:m"),
+                sa.text(f"UPDATE aliases SET {column}=:d WHERE model=:m"),
                 {"m": model, "d": json.dumps(decision)},
             )
 
-    def live_accuracy(self, model: str) -> dict[str, dict[str, Any]]:
-        """Per served version: feedback examples linked to a served prediction by its id,
-        and how many of those predictions the label confirms."""
+    def live_accuracy(self, model: str, since: float | None = None) -> dict[str, dict[str, Any]]:
+        """Per served version: feedback examples linked to a served prediction by its id
+        (served at `since` or later), and how many of those predictions the label confirms."""
         with self.db.read() as db:
             rows = db.execute(
                 sa.text(
@@ -199,9 +215,9 @@ class TelemetryStore:
                     " FROM examples e JOIN batches b ON e.batch_id = b.id"
                     " JOIN predictions p ON p.id = e.prediction_id"
                     " WHERE b.model = :m AND b.source = 'feedback' AND p.model = :m"
-                    " GROUP BY p.version"
+                    " AND p.created_at >= :since GROUP BY p.version"
                 ),
-                {"m": model},
+                {"m": model, "since": since or 0.0},
             ).all()
         return {
             version: {"labeled": int(n), "correct": int(k), "accuracy": round(int(k) / int(n), 4)}

@@ -177,7 +177,7 @@ def test_prometheus_scrapes_both_replicas_loads_the_rules_and_runs_the_dashboard
             and len(served) == 2
             and requests
             and float(requests[0]["value"][1]) >= 40
-            and len(rules) == 6
+            and len(rules) == 7
             and all(r["health"] == "ok" for r in rules)
         ):
             break
@@ -238,6 +238,7 @@ def test_rolling_restart_behind_haproxy_fails_no_request(replicas, tmp_path: Pat
     threads = [
         threading.Thread(target=_client, args=(lb, stop, outcomes, workers)) for _ in range(16)
     ]
+
     def answers() -> bool:
         try:
             return httpx.post(f"http://{lb}/predict", content=BODY, timeout=10).status_code == 200
