@@ -20,6 +20,7 @@ from service.stores import StoreUnavailable
 from service.stores.schema import ACTIVE_STATES, FAILED, INTERRUPTED
 
 log = logging.getLogger(__name__)
+PRUNE_EVERY_S = 600.0
 
 
 class Monitor:
@@ -27,6 +28,7 @@ class Monitor:
         self.ctx = ctx
         self.runner = runner
         self._tasks: list[asyncio.Task] = []
+        self._pruned: dict[str, float] = {}  # model -> when this worker last pruned it
 
     def start(self) -> None:
         """Start both loops on the running event loop (a BentoML startup hook calls this)."""
@@ -137,6 +139,7 @@ class Monitor:
                 if report[key] is not None:
                     gauge.labels(name, report["version"]).set(report[key])
         settings = ctx.settings_for(name)
+        await asyncio.to_thread(self.prune, name, settings.keep_versions)
         if not settings.auto_retrain:
             return
         policy, js = ctx.policy(name), report["label_js_divergence"] if report else None
@@ -152,6 +155,22 @@ class Monitor:
         log.info("job %s of %s started by a trigger: %s", job.id, name, job.request["cause"])
         if ctx.embedded:  # else a `refit worker` claims it
             ctx.spawn(self.runner.run(job.id))
+
+    def prune(self, name: str, keep: int) -> list[str]:
+        """Delete `name`'s versions beyond the newest `keep` (never an aliased one), at most
+        every PRUNE_EVERY_S per model in this worker (listing a registry is not free)."""
+        now = time.monotonic()
+        if keep <= 0 or now - self._pruned.get(name, -PRUNE_EVERY_S) < PRUNE_EVERY_S:
+            return []
+        self._pruned[name] = now
+        try:
+            removed = self.ctx.registry.prune(name, keep_last=keep)
+        except (RegistryError, OSError) as exc:  # another worker removed one first, or away
+            log.info("pruning %s: %s", name, exc)
+            return []
+        if removed:
+            log.info("pruned %d old version(s) of %s: %s", len(removed), name, ", ".join(removed))
+        return removed
 
     def judge_shadow(self, name: str) -> dict[str, Any] | None:
         """Promote `name`'s shadow once it is not worse than production on enough linked
@@ -189,10 +208,17 @@ class Monitor:
         metrics.WORKER_HEARTBEAT_AGE)."""
         ctx = self.ctx
         now = time.time()
+        forget = ctx.settings.worker_forget_s
+        stale = []
         for worker in ctx.store.workers.list():
             age = now - float(worker["heartbeat_at"])
-            if worker["state"] != "stopped" and age < 86_400:
+            if age > forget:  # aged out: its row goes, and its gauge with it
+                stale.append(worker["id"])
+                metrics.WORKER_HEARTBEAT_AGE.labels(worker["id"]).set(float("nan"))
+            elif worker["state"] != "stopped":
                 metrics.WORKER_HEARTBEAT_AGE.labels(worker["id"]).set(round(age, 1))
+        if ctx.store.workers.forget(stale, silent_since=now - forget):
+            log.info("aged out workers silent for over %.0f s: %s", forget, ", ".join(stale))
         for name in {ctx.settings.model_name, *ctx.store.aliases.models()}:
             self.job_metrics(name)
 

@@ -94,6 +94,7 @@ class ModelSettings(BaseModel):
     canary_fraction: float | None = Field(None, ge=0, le=1)
     canary_min_labeled: int | None = Field(None, ge=1, le=1_000_000)
     canary_latency_factor: float | None = Field(None, ge=1, le=100)
+    keep_versions: int | None = Field(None, ge=0, le=10_000)
     out_of_scope: Literal["auto", "off"] | None = None
     out_of_scope_label: str | None = Field(
         None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"

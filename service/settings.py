@@ -266,6 +266,19 @@ class Settings(BaseSettings):
     worker_timeout_s: float = Field(
         30.0, gt=0, description="a running job whose worker is silent this long is interrupted"
     )
+    worker_forget_s: float = Field(
+        3600.0,
+        ge=60,
+        description="a worker row silent this long is deleted (its heartbeat gauge goes"
+        " away, so the stale-heartbeat alert clears)",
+    )
+    keep_versions: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="per model, the newest versions kept; older ones are deleted (never an"
+        " aliased one: production, previous, shadow, canary); 0: keep all",
+    )
     job_retries: int = Field(
         1, ge=0, le=10, description="automatic retries of a job whose worker stopped"
     )

@@ -166,6 +166,18 @@ class WorkerStore:
                 },
             )
 
+    def forget(self, ids: list[str], silent_since: float) -> int:
+        """Delete these worker rows if they are still silent since `silent_since`."""
+        if not ids:
+            return 0
+        with self.db.tx() as db:
+            cur = db.execute(
+                sa.delete(workers).where(
+                    workers.c.id.in_(ids), workers.c.heartbeat_at < silent_since
+                )
+            )
+            return cur.rowcount
+
     def list(self) -> list[dict[str, Any]]:
         with self.db.read() as db:
             rows = db.execute(sa.select(workers).order_by(workers.c.started_at)).mappings()

@@ -211,6 +211,40 @@ def test_prune_keeps_last_n_and_aliased(tmp_path: Path) -> None:
     assert registry.list_versions("m") == [versions[0], *versions[3:]]
 
 
+def test_retention_never_prunes_a_shadow_or_canary_and_runs_once_per_period(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from service.monitor import Monitor
+
+    registry = Registry(tmp_path)
+    versions = [publish(registry) for _ in range(7)]
+    registry.promote("m", versions[2])
+    registry.promote("m", versions[3])  # previous: versions[2]
+    registry.shadow("m", versions[0])
+    registry.shadow("m", versions[1], alias="canary")
+    assert registry.aliases("m") == {
+        "production": versions[3],
+        "previous": versions[2],
+        "shadow": versions[0],
+        "canary": versions[1],
+    }
+    monitor = Monitor(SimpleNamespace(registry=registry), runner=None)
+    assert monitor.prune("m", keep=0) == []  # the default: keep everything
+    assert monitor.prune("m", keep=1) == [versions[4], versions[5]]
+    assert registry.list_versions("m") == [*versions[:4], versions[6]]
+    publish(registry)
+    assert monitor.prune("m", keep=1) == []  # not again within PRUNE_EVERY_S
+    # a promotion keeps the shadow and the canary (unless it promotes one of them)
+    registry.promote("m", versions[1])
+    assert registry.aliases("m") == {
+        "production": versions[1],
+        "previous": versions[3],
+        "shadow": versions[0],
+    }
+
+
 def test_delete_refuses_aliased_version(tmp_path: Path) -> None:
     registry = Registry(tmp_path)
     v1, v2 = publish(registry), publish(registry)

@@ -4,6 +4,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from service.stores import Store, StoreUnavailable
@@ -110,3 +111,28 @@ def test_retry_runs_the_same_request_on_the_same_data(store: Store) -> None:
     assert retry.batch_id == first.batch_id
     assert store.examples.dataset("m", upto_batch=retry.batch_id) == [("a", "x"), ("b", "y")]
     assert store.examples.example_count() == 3
+
+
+def test_a_worker_silent_past_worker_forget_s_is_aged_out_and_its_gauge_cleared(
+    store: Store,
+) -> None:
+    import math
+    import time
+    from types import SimpleNamespace
+
+    from service import metrics
+    from service.monitor import Monitor
+    from service.settings import Settings
+
+    store.workers.worker_seen("alive", job_id=None, state="idle")
+    store.workers.worker_seen("dead", job_id=None, state="idle")
+    with store.db.tx() as db:  # "dead" last beat two hours ago
+        db.execute(
+            sa.text("UPDATE workers SET heartbeat_at=:t WHERE id='dead'"),
+            {"t": time.time() - 7200},
+        )
+    ctx = SimpleNamespace(store=store, settings=Settings(worker_forget_s=3600))
+    Monitor(ctx, runner=None).fleet_metrics()
+    assert [w["id"] for w in store.workers.list()] == ["alive"]
+    assert math.isnan(metrics.WORKER_HEARTBEAT_AGE.labels("dead")._value.get())
+    assert metrics.WORKER_HEARTBEAT_AGE.labels("alive")._value.get() < 60
