@@ -98,6 +98,10 @@ def main() -> int:
         return 2
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # glibc makes a malloc arena per thread that touches the heap (the thread pool, the
+    # batchers, onnxruntime): freed memory stays spread over them and RSS creeps up; two
+    # arenas bound that (measured by bench/soak.py, docs/benchmarks.md)
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")  # numpy would otherwise oversubscribe the cores
     os.environ["REFIT_HOME"] = str(settings.root)
