@@ -208,7 +208,13 @@ class Registry:
         return self._move_aliases(validate_model_name(name), change)
 
     def end_shadow(
-        self, name: str, version: str, *, promote: bool, alias: str = "shadow"
+        self,
+        name: str,
+        version: str,
+        *,
+        promote: bool,
+        alias: str = "shadow",
+        against: str | None = None,
     ) -> dict[str, str] | None:
         """Promote the `alias` (shadow or canary) `version` or drop it; None when it is no
         longer that alias (another replica decided first, or an operator moved it)."""
@@ -218,6 +224,8 @@ class Registry:
             done.clear()
             if aliases.get(alias) != version:
                 return None
+            if against is not None and aliases.get("production") != against:
+                return None  # production moved since it was compared with
             rest = {k: v for k, v in aliases.items() if k != alias}
             if promote:
                 rest = {

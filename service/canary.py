@@ -13,7 +13,8 @@ decision through), on the window since the canary's first answer:
 - roll back at once when its error rate is above production's by more than ERROR_MARGIN
   after MIN_REQUESTS canary requests in this worker;
 - once `canary_min_labeled` linked feedback examples confirm or correct the canary's own
-  answers (and as many production's), promote it when its live accuracy is at least
+  answers (and as many production's), and this worker saw MIN_REQUESTS of its answers,
+  promote it when its live accuracy is at least
   production's minus `promotion_tolerance`, its error rate at most production's plus
   ERROR_MARGIN, and its p99 latency at most `canary_latency_factor` (1.5) x production's
   (+5 ms) in this worker's window; roll it back otherwise.
@@ -61,17 +62,17 @@ def routed(name: str, key: str | None, fraction: float) -> bool:
 
 
 class Window:
-    """This worker's answers of one model while it has a canary: per version, the latency
-    and whether the version answered (bounded)."""
+    """This worker's answers of one model while it has a canary: per role (production,
+    canary), the latency and whether it answered (bounded; a new canary starts a new one)."""
 
     def __init__(self) -> None:
         self.rows: dict[str, deque[tuple[float, bool]]] = {}
 
-    def add(self, version: str, seconds: float, ok: bool) -> None:
-        self.rows.setdefault(version, deque(maxlen=5000)).append((seconds, ok))
+    def add(self, role: str, seconds: float, ok: bool) -> None:
+        self.rows.setdefault(role, deque(maxlen=5000)).append((seconds, ok))
 
-    def summary(self, version: str | None) -> dict[str, Any]:
-        rows = list(self.rows.get(version or "", ()))
+    def summary(self, role: str) -> dict[str, Any]:
+        rows = list(self.rows.get(role, ()))
         latency = [s for s, ok in rows if ok]
         errors = sum(not ok for _, ok in rows)
         return {
@@ -83,24 +84,27 @@ class Window:
         }
 
 
-def record(ctx: Context, name: str, version: str, role: str, seconds: float, ok: bool) -> None:
+def record(ctx: Context, name: str, role: str, seconds: float, ok: bool) -> None:
     """One answer of a model that has a canary (production's or the canary's)."""
-    ctx.canary_windows.setdefault(name, Window()).add(version, seconds, ok)
+    ctx.canary_windows.setdefault(name, Window()).add(role, seconds, ok)
     metrics.CANARY_REQUESTS.labels(name, role, "ok" if ok else "error").inc()
 
 
 def comparison(ctx: Context, name: str, production: str, canary: str) -> dict[str, Any]:
     """Production and canary on the same window: live accuracy from linked feedback since
     the canary's first answer (the store: every worker), errors and latency (this worker)."""
-    since = ctx.store.telemetry.first_served(name, canary)
-    live = ctx.store.telemetry.live_accuracy(name, since=since) if since is not None else {}
+    first = ctx.store.telemetry.first_served(name, canary)
+    started = ctx.store.telemetry.shadow_decision(name, alias="canary") or {}
+    if started.get("outcome") == "started" and started.get("version") == canary:
+        first = max(first or 0.0, float(started["at"]))  # not its earlier life (previous)
+    live = ctx.store.telemetry.live_accuracy(name, since=first) if first is not None else {}
     window = ctx.canary_windows.get(name) or Window()
     return {
-        "since": since,
+        "since": first,
         "production": {"version": production, "live": live.get(production)}
-        | {"this_worker": window.summary(production)},
+        | {"this_worker": window.summary("production")},
         "canary": {"version": canary, "live": live.get(canary)}
-        | {"this_worker": window.summary(canary)},
+        | {"this_worker": window.summary("canary")},
     }
 
 
@@ -115,6 +119,8 @@ def verdict(
         return False, f"error rate {c_err:.2%} vs production's {p_err:.2%}"
     p_live, c_live = prod["live"], can["live"]
     if not p_live or not c_live or min(p_live["labeled"], c_live["labeled"]) < min_labeled:
+        return None
+    if c_win["requests"] < MIN_REQUESTS:  # this worker cannot judge errors and latency
         return None
     accuracy_ok = c_live["accuracy"] >= p_live["accuracy"] - tolerance
     p99_p, p99_c = p_win["p99_ms"], c_win["p99_ms"]
@@ -147,15 +153,25 @@ def judge(ctx: Context, name: str) -> dict[str, Any] | None:
     if decided is None:
         return None
     promote, why = decided
-    return end(ctx, name, canary, promote, why, compared)
+    return end(ctx, name, canary, promote, why, compared, against=production)
 
 
 def end(
-    ctx: Context, name: str, canary: str, promote: bool, why: str, compared: Any = None
+    ctx: Context,
+    name: str,
+    canary: str,
+    promote: bool,
+    why: str,
+    compared: Any = None,
+    against: str | None = None,
 ) -> dict[str, Any] | None:
-    """Promote or roll back `canary` and record the decision; None if decided elsewhere."""
-    production = ctx.registry.aliases(name).get("production")
-    if ctx.registry.end_shadow(name, canary, promote=promote, alias="canary") is None:
+    """Promote or roll back `canary` and record the decision; None if decided elsewhere
+    (or production moved since `against` was compared with)."""
+    production = against or ctx.registry.aliases(name).get("production")
+    ended = ctx.registry.end_shadow(
+        name, canary, promote=promote, alias="canary", against=production
+    )
+    if ended is None:
         return None
     decision = {
         "version": canary,

@@ -112,7 +112,8 @@ class Context:
                 if slot is None:
                     slot = slots.setdefault(name, self._shadow(name, alias))
                 try:
-                    slot.holder.refresh()
+                    if slot.holder.refresh() and alias == "canary":
+                        self.canary_windows.pop(name, None)  # a new canary: a new window
                 except Exception:  # a challenger never gets in production's way
                     log.exception("%s refresh of %s failed", alias, name)
 
@@ -120,7 +121,7 @@ class Context:
         """Unload the challengers of models no longer loaded here (event loop only)."""
         keep = {key[0] for key in self.pool.entries}
         for slots in (self.shadows, self.canaries):
-            for name in [n for n in slots if n not in keep]:
+            for name in [n for n in list(slots) if n not in keep]:
                 slot = slots.pop(name)
                 if slot.busy == 0:
                     slot.batcher.close()
@@ -150,7 +151,11 @@ class Context:
         now = time.monotonic()
         known = self._settings_cache.get(name)
         if known is None or now - known[1] > 5.0:
-            known = self._settings_cache[name] = (self.settings_for(name), now)
+            try:
+                fresh = self.settings.model_copy(update=self.store.model_settings.get(name))
+            except StoreUnavailable:  # keep what was known (defaults only at first)
+                fresh = known[0] if known else self.settings
+            known = self._settings_cache[name] = (fresh, now)
         return known[0]
 
     def stores_texts(self, name: str) -> bool:

@@ -110,9 +110,9 @@ class DataPlane:
                 served, scored, production, seconds = await self._production(texts, name)
             except Exception:
                 seconds = time.perf_counter() - started
-                canary.record(ctx, name, "production", "production", seconds, False)
+                canary.record(ctx, name, "production", seconds, False)
                 raise
-            canary.record(ctx, name, served.version, "production", seconds, True)
+            canary.record(ctx, name, "production", seconds, True)
             return served, scored, production, seconds
         if version is None:
             return await self._production(texts, name)
@@ -129,13 +129,13 @@ class DataPlane:
         except Exception as exc:
             seconds = time.perf_counter() - started
             version = slot.holder.model.version if slot.holder.model else "unloaded"
-            canary.record(self.ctx, name, version, "canary", seconds, False)
+            canary.record(self.ctx, name, "canary", seconds, False)
             log.warning("canary %s/%s failed, production answers: %s", name, version, exc)
             return None
         finally:
             slot.busy -= len(texts)
         seconds = time.perf_counter() - started
-        canary.record(self.ctx, name, served.version, "canary", seconds, True)
+        canary.record(self.ctx, name, "canary", seconds, True)
         return served, scored, False, seconds
 
     async def _production(

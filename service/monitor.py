@@ -107,16 +107,23 @@ class Monitor:
                     seen[1] += c
             ctx.uncertain = (uncertain + ctx.uncertain)[:1000]
             raise
+        flushed_uncertain: set[str] = set()
         rows: dict[str, list[tuple[str, str, float, str, float]]] = {}
         for name, *row in uncertain:
             rows.setdefault(name, []).append(tuple(row))  # type: ignore[arg-type]
         for name, model_rows in rows.items():
-            await asyncio.to_thread(
-                ctx.store.telemetry.add_uncertain,
-                name,
-                model_rows,
-                keep_text=ctx.settings.store_uncertain_texts,
-            )
+            try:
+                await asyncio.to_thread(
+                    ctx.store.telemetry.add_uncertain,
+                    name,
+                    model_rows,
+                    keep_text=ctx.settings.store_uncertain_texts,
+                )
+            except StoreUnavailable:  # this model's and the later ones' for the next flush
+                left = [r for r in uncertain if r[0] not in flushed_uncertain]
+                ctx.uncertain = (left + ctx.uncertain)[:1000]
+                raise
+            flushed_uncertain.add(name)
 
     async def check_model(self, name: str, model: Any) -> None:
         """`model`: the version serving `name` in this worker (None: not loaded here)."""
@@ -186,7 +193,7 @@ class Monitor:
             return None
         tolerance = ctx.settings_for(name).promotion_tolerance
         better = report["shadow_accuracy"] >= report["production_accuracy"] - tolerance
-        if ctx.registry.end_shadow(name, shadow, promote=better) is None:
+        if ctx.registry.end_shadow(name, shadow, promote=better, against=production) is None:
             return None  # decided elsewhere first
         decision = {
             "version": shadow,

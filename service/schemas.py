@@ -155,8 +155,8 @@ class CanaryRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     version: str = Field(
-        pattern=r"^(v\d{8}-\d{6}-\d{6}-[0-9a-f]{4}|previous|shadow)$",
-        description="a version id or the alias `previous` or `shadow`",
+        pattern=r"^(v\d{8}-\d{6}-\d{6}-[0-9a-f]{4}|previous)$",
+        description="a version id or the alias `previous`",
     )
     fraction: float | None = Field(
         None,

@@ -3,6 +3,7 @@ production, judged by the rule in service/canary.py or ended by hand."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -30,6 +31,8 @@ def start_canary(ctx: Ctx, name: str, body: CanaryRequest) -> Any:
         raise Conflict(str(exc)) from None
     if body.fraction is not None:
         ctx.store.model_settings.update(name, {"canary_fraction": body.fraction})
+    started = {"version": aliases["canary"], "outcome": "started", "at": time.time()}
+    ctx.store.telemetry.record_shadow_decision(name, started, alias="canary")
     return {"model": name, **aliases, "fraction": ctx.settings_for(name).canary_fraction}
 
 

@@ -106,9 +106,11 @@ def test_a_canary_answers_its_share_sticky_per_key_and_is_promoted_by_the_rule(
             wait_until(lambda: canary_everywhere(srv, v2), 120, "the canary on both workers")
             phase[0] = "canary"
             start = len(answers)
-            wait_until(lambda: len(answers) > start + 300, 120, "traffic during the canary")
+            # enough answers that each worker saw MIN_REQUESTS (50) of the canary's
+            wait_until(lambda: len(answers) > start + 800, 180, "traffic during the canary")
             view = c.get("/models/default").json()["canary"]
             assert view["version"] == v2 and view["fraction"] == FRACTION
+            assert view["last_decision"]["outcome"] == "started"
             phase[0] = "judged"
             # linked feedback on both versions' answers during the canary: the rule decides
             # (one example per text: feedback drops repeated texts)
@@ -121,7 +123,11 @@ def test_a_canary_answers_its_share_sticky_per_key_and_is_promoted_by_the_rule(
             assert min(count.values()) >= MIN_LABELED, count
             assert c.post("/feedback", json={"examples": feedback}).status_code == 200
             decision = wait_until(
-                lambda: c.get("/models/default").json()["canary"]["last_decision"],
+                lambda: (
+                    (d := c.get("/models/default").json()["canary"]["last_decision"])
+                    and d["outcome"] != "started"
+                    and d
+                ),
                 90,
                 "the canary decision",
             )

@@ -33,6 +33,7 @@ def test_a_key_always_goes_the_same_way_and_the_share_follows_the_fraction() -> 
 def test_the_rule_waits_then_promotes_or_rolls_back() -> None:
     assert verdict(compared(0.9, 0.9, labeled=10), 200, 0.0) is None  # not enough feedback
     assert verdict(compared(None, 0.9), 200, 0.0) is None
+    assert verdict(compared(0.9, 0.95, c_err=(0, MIN_REQUESTS - 1)), 200, 0.0) is None  # unseen
     promote, why = verdict(compared(0.90, 0.91), 200, 0.0)
     assert promote and "0.9100 vs 0.9000" in why
     assert verdict(compared(0.90, 0.88), 200, 0.0)[0] is False  # worse
