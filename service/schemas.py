@@ -160,7 +160,7 @@ class CanaryRequest(BaseModel):
     )
     fraction: float | None = Field(
         None,
-        gt=0,
+        ge=0,  # (not gt: OpenAPI 3.0 has no numeric exclusiveMinimum)
         le=1,
         description="share of callers it answers (stored as the model's canary_fraction;"
         " default: the current one)",
