@@ -38,9 +38,11 @@ def server(tmp_path_factory) -> Iterator[Server]:
         REFIT_MAX_BODY_BYTES=str(2 * 1024 * 1024),
         REFIT_REQUEST_TIMEOUT_S="20",
         REFIT_MAX_EXAMPLES_PER_REQUEST="2000",
-        # triggers run for every model: no drift-triggered job may start in the middle of
-        # a test on the shared server (they are tested on their own servers)
+        # triggers run for every model: no triggered job may start in the middle of a test
+        # on the shared server (a test's own retrain would queue behind it and lose the
+        # gate to it); triggers are tested on their own servers
         REFIT_DRIFT_THRESHOLD="0",
+        REFIT_RETRAIN_MIN_PENDING="0",
     )
     srv.start()
     yield srv
