@@ -291,9 +291,12 @@ class Registry:
         keep = set(self.aliases(name).values())
         versions = self.list_versions(name)
         keep.update(versions[-keep_last:])
-        removed = [v for v in versions if v not in keep]
-        for version in removed:
+        removed = []
+        for version in (v for v in versions if v not in keep):
+            if version in self.aliases(name).values():  # aliased meanwhile: kept
+                continue
             self.storage.remove(name, version)
+            removed.append(version)
         return removed
 
     def prune_cache(self, name: str, keep: set[str]) -> list[str]:
