@@ -32,6 +32,7 @@ from models._storage import (
     _VERSION_RE,
     METADATA_FILE,
     LocalStorage,
+    _fsync_path,
     sha256_file,
     validate_model_name,
 )
@@ -79,13 +80,8 @@ def _partial(target: Path) -> Path:
 def _fsync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for name in files:
-            with open(os.path.join(folder, name), "rb") as fh:
-                os.fsync(fh.fileno())
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            _fsync_path(Path(folder, name))
+        _fsync_path(Path(folder))
 
 
 def _finish(partial: Path, target: Path) -> None:

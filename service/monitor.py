@@ -13,7 +13,7 @@ from typing import Any
 
 from models import RegistryError
 from service import canary, labeling, metrics
-from service.context import Context
+from service.context import Context, retrain_policy
 from service.drift import drift_report
 from service.runner import JobRunner
 from service.stores import StoreUnavailable
@@ -149,7 +149,8 @@ class Monitor:
         await asyncio.to_thread(self.prune, name, settings.keep_versions)
         if not settings.auto_retrain:
             return
-        policy, js = ctx.policy(name), report["label_js_divergence"] if report else None
+        # (the settings read above, not a second read of the model's overrides)
+        policy, js = retrain_policy(settings), report["label_js_divergence"] if report else None
         state = await asyncio.to_thread(ctx.store.triggers.trigger_state, name)
         if policy.fires(state, js, time.time()) is None:
             return  # a read decides most polls; the locked write below only when it fires
