@@ -72,10 +72,14 @@ class OnnxInfo(_Frozen):
 
 
 class QuantizationReport(_Frozen):
+    """The int8 graph against fp32 (training/quantization.py has the guard's rule)."""
+
     method: str
-    argmax_agreement: float
+    argmax_agreement: float = Field(
+        description="share of the `examples` texts where int8 decides as fp32 does"
+    )
     max_abs_diff: float
-    examples: int
+    examples: int = Field(description="training-time texts both graphs scored")
     file: str | None = Field(
         "model.onnx",
         description="the int8 graph (None: not kept); versions before the policy replaced model.onnx",
@@ -88,6 +92,12 @@ class QuantizationReport(_Frozen):
     int8_macro_f1: float | None = Field(None, description="validation score of the int8 graph")
     served_on_cpu: bool = True
     reason: str = ""
+    worst_class: str | None = Field(None, description="the class int8 flips most (if any)")
+    worst_class_flips: int | None = None
+    worst_class_count: int | None = Field(None, description="texts fp32 gives that class")
+    paired_lost: int | None = Field(None, description="validation texts only fp32 gets right")
+    paired_gained: int | None = Field(None, description="validation texts only int8 gets right")
+    paired_p_value: float | None = Field(None, description="one-sided exact McNemar")
 
 
 class Calibration(_Frozen):

@@ -17,6 +17,7 @@ from typing import Any
 from models import CorruptVersionError, Registry, RegistryError
 from service.cli_backbones import add_backbones_command
 from service.cli_common import EXIT_BAD_INPUT, err, out, registry_for, settings_for
+from service.cli_predict import add_predict_command
 from service.cli_train import add_train_command
 
 
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     add_train_command(sub)
+    add_predict_command(sub)
 
     m = sub.add_parser(
         "models", help="list, show, promote, roll back, verify and prune model versions"

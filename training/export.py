@@ -1,4 +1,4 @@
-"""ONNX export (TorchScript-based exporter: fast, one file), parity check, int8 quantization."""
+"""ONNX export (TorchScript-based exporter: fast, one file), parity check, the int8 graph."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import OnnxInfo, QuantizationReport
+from models import OnnxInfo
 from training.classifier import SentenceClassifier
 from training.evaluate import OnnxRunner
+from training.quantization import quantize_graph
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,10 @@ class ExportError(RuntimeError):
     pass
 
 
-INT8_FILE = "model.int8.onnx"
-INT8_MAX_LOSS = 0.003  # validation macro-F1 the int8 graph may lose and still be served
-
-
 @dataclass(frozen=True)
 class ExportResult:
     info: OnnxInfo
-    quantization: QuantizationReport | None  # agreement with fp32; the policy decides later
+    int8: Path | None  # model.int8.onnx (training/quantization.py decides whether it is served)
 
 
 def save_tokenizer(tokenizer, out_dir: Path, max_length: int) -> Path:
@@ -97,7 +94,7 @@ def export_onnx(
     singles_expected = _torch_probabilities(model, tokenizer, texts[:4], max_length)
     fused = _fuse(onnx_path, model.encoder.config)
     if fused is not None:
-        diff, actual = _parity(fused[0], tokenizer_path, texts, expected, singles_expected)
+        diff = _parity(fused[0], tokenizer_path, texts, expected, singles_expected)
         if diff <= tolerance:
             fused[0].replace(onnx_path)
         else:
@@ -105,7 +102,7 @@ def export_onnx(
             fused[0].unlink(missing_ok=True)
             fused = None
     if fused is None:
-        diff, actual = _parity(onnx_path, tokenizer_path, texts, expected, singles_expected)
+        diff = _parity(onnx_path, tokenizer_path, texts, expected, singles_expected)
     log.info("onnx parity on %d texts: max |p_onnx - p_torch| = %.2e", len(texts), diff)
     if not diff <= tolerance:
         raise ExportError(
@@ -119,20 +116,19 @@ def export_onnx(
         parity_max_abs_diff=diff,
         fused=fused[1] if fused else None,
     )
-    report = _quantize(onnx_path, tokenizer_path, texts, actual) if quantize else None
-    return ExportResult(info, report)
+    return ExportResult(info, quantize_graph(onnx_path) if quantize else None)
 
 
 def _parity(
     graph: Path, tokenizer_path: Path, texts: list[str], expected: np.ndarray, singles: np.ndarray
-) -> tuple[float, np.ndarray]:
+) -> float:
     """max |p_onnx - p_torch| over one batch of mixed lengths plus single texts (batch size
-    and padding both vary), and the batch's probabilities."""
+    and padding both vary)."""
     runner = OnnxRunner(graph, tokenizer_path)
     actual = runner.predict_proba(texts)
     alone = np.concatenate([runner.predict_proba([t]) for t in texts[: len(singles)]])
     diff = max(float(np.max(np.abs(actual - expected))), float(np.max(np.abs(alone - singles))))
-    return diff, actual
+    return diff
 
 
 def _fuse(onnx_path: Path, config) -> tuple[Path, dict[str, int]] | None:
@@ -212,80 +208,3 @@ def _export(model: SentenceClassifier, sample, onnx_path: Path, opset: int) -> N
             opset_version=opset,
             dynamo=False,
         )
-
-
-def _quantize(
-    onnx_path: Path, tokenizer_path: Path, texts: list[str], fp32: np.ndarray
-) -> QuantizationReport:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    target = onnx_path.with_name(INT8_FILE)
-    import onnx
-
-    quantize_dynamic(
-        str(onnx_path),
-        str(target),
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        # fused contrib operators have no inferred output types; they are all float
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    int8 = OnnxRunner(target, tokenizer_path).predict_proba(texts)
-    agreement = float(np.mean(int8.argmax(1) == fp32.argmax(1)))
-    report = QuantizationReport(
-        method="dynamic int8, per-channel",
-        argmax_agreement=round(agreement, 6),
-        max_abs_diff=round(float(np.max(np.abs(int8 - fp32))), 6),
-        examples=len(texts),
-        file=INT8_FILE,
-    )
-    log.info("int8 quantization: argmax agreement %.4f on %d texts", agreement, len(texts))
-    return report
-
-
-def choose_int8(
-    report: QuantizationReport,
-    *,
-    policy: str,
-    fp32: float,
-    int8: float,
-    count: int,
-    staging: Path,
-    metric: str = "macro_f1",
-) -> QuantizationReport:
-    """The quantization policy: `auto` serves the int8 graph on CPU when its validation
-    score (`metric`: macro-F1, micro-F1 for multi-label models) is within 0.3 points of
-    fp32's, `always` serves it anyway; both numbers and the reason are recorded. A graph
-    that is not served is not kept."""
-    loss = fp32 - int8
-    name = metric.replace("_f1", "-F1")
-    numbers = f"validation {name} int8 {int8:.4f} vs fp32 {fp32:.4f} on {count} examples"
-    if policy == "always":
-        served, reason = True, f"quantize=always: int8 served on CPU ({numbers})"
-    elif loss <= INT8_MAX_LOSS + 1e-12:
-        served, reason = (
-            True,
-            f"int8 served on CPU: {numbers}, within {INT8_MAX_LOSS * 100:.1f} points",
-        )
-    else:
-        served, reason = (
-            False,
-            (
-                f"fp32 served: int8 loses {loss * 100:.2f} points ({numbers}),"
-                f" more than {INT8_MAX_LOSS * 100:.1f}"
-            ),
-        )
-    if not served:
-        (staging / INT8_FILE).unlink(missing_ok=True)
-    log.info("%s", reason)
-    return report.model_copy(
-        update={
-            "file": INT8_FILE if served else None,
-            "policy": policy,
-            "metric": metric,
-            "fp32_macro_f1": fp32,
-            "int8_macro_f1": int8,
-            "served_on_cpu": served,
-            "reason": reason,
-        }
-    )

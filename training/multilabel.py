@@ -277,8 +277,8 @@ def _package(
     extra_metadata: Mapping[str, Any] | None,
 ) -> ModelMetadata:
     from training.evaluate import OnnxRunner, compute_multi_metrics
-    from training.export import INT8_FILE, choose_int8
     from training.packaging import export_version
+    from training.quantization import INT8_FILE, guard_texts, judge_int8
 
     config, report, labels = bench.config, bench.report, bench.labels
     staging = registry.stage(config.name)
@@ -293,14 +293,20 @@ def _package(
             return compute_multi_metrics(ds.matrix(labels), thresholds.apply(probs), probs, labels)
 
         metrics = score("model.onnx", bench.val_set)
-        quantization = exported.quantization
-        if quantization is not None:
-            int8 = score(INT8_FILE, bench.val_set)
-            quantization = choose_int8(
-                quantization,
+        quantization = None
+        if exported.int8 is not None:
+            tokenizer = staging.path / "tokenizer.json"
+            quantization = judge_int8(
+                OnnxRunner(staging.path / "model.onnx", tokenizer),
+                OnnxRunner(exported.int8, tokenizer),
+                texts=guard_texts(bench.train_set.texts, bench.val_set.texts),
+                validation=list(bench.val_set.texts),
+                truth=bench.val_set.matrix(labels).astype(bool),
+                decide=thresholds.apply,
+                labels=labels,
                 policy=config.quantize,
                 fp32=metrics.micro_f1 or 0.0,
-                int8=int8.micro_f1 or 0.0,
+                int8=score(INT8_FILE, bench.val_set).micro_f1 or 0.0,
                 count=metrics.count,
                 metric="micro_f1",
                 staging=staging.path,

@@ -46,7 +46,7 @@ def package(
 ) -> ModelMetadata:
     from training.calibration import calibrate
     from training.evaluate import OnnxRunner, compute_metrics
-    from training.export import INT8_FILE, choose_int8
+    from training.quantization import guard_texts, judge_int8
 
     config, report, labels = bench.config, bench.report, bench.labels
     label_id = {label: i for i, label in enumerate(labels)}
@@ -87,34 +87,29 @@ def package(
                 }
             )
 
-        def score_graph(path: Path, ds: Dataset) -> Metrics:
-            graph = OnnxRunner(
-                path, staging.path / "tokenizer.json", temperature=runner.temperature
-            )
-            return score(ds, graph)
-
         metrics = score(bench.val_set)
-        quantization = exported.quantization
-        if quantization is not None:
-            quantization = choose_int8(
-                quantization,
+        quantization, int8_runner = None, None
+        if exported.int8 is not None:
+            int8_runner = OnnxRunner(
+                exported.int8, staging.path / "tokenizer.json", temperature=runner.temperature
+            )
+            quantization = judge_int8(
+                runner,
+                int8_runner,
+                texts=guard_texts(bench.train_set.texts, bench.val_set.texts),
+                validation=list(bench.val_set.texts),
+                truth=np.array([label_id[x] for x in bench.val_set.labels]),
+                decide=lambda p: p.argmax(1),
+                labels=labels,
                 policy=config.quantize,
                 fp32=metrics.macro_f1,
-                int8=score_graph(staging.path / INT8_FILE, bench.val_set).macro_f1,
+                int8=score(bench.val_set, int8_runner).macro_f1,
                 count=metrics.count,
                 staging=staging.path,
             )
         # the detector is chosen on the graph CPU serves (int8 moves the embedding a little)
         int8_served = quantization is not None and quantization.served_on_cpu
-        served = (
-            OnnxRunner(
-                staging.path / INT8_FILE,
-                staging.path / "tokenizer.json",
-                temperature=runner.temperature,
-            )
-            if int8_served
-            else runner
-        )
+        served = int8_runner if int8_served else runner
         out_of_scope = _out_of_scope(
             bench, trained, served, outside, staging.path, cached=not int8_served
         )

@@ -160,6 +160,10 @@ def test_one_epoch_fine_tuning_end_to_end_with_quantization(tmp_path: Path, ten_
     assert q.argmax_agreement >= 0.9
     assert q.fp32_macro_f1 == meta.metrics.macro_f1 and q.int8_macro_f1 is not None
     assert "quantize=always" in q.reason
+    # judged on every training-time text, with a paired test on validation
+    assert q.examples == meta.data.train_count + meta.data.validation_count
+    assert q.paired_p_value is not None and 0 <= q.paired_p_value <= 1
+    assert q.argmax_agreement >= 0.9 and f"on {q.examples} training-time texts" in q.reason
     mv = registry.verify("ft", meta.version)  # both graphs are hashed files of the version
     assert set(meta.files) >= {"model.onnx", "model.int8.onnx", "tokenizer.json"}
     assert mv.graph_path(cuda=False).name == "model.int8.onnx"
@@ -167,27 +171,6 @@ def test_one_epoch_fine_tuning_end_to_end_with_quantization(tmp_path: Path, ten_
     assert mv.graph_path(cuda=False, allow_int8=False).name == "model.onnx"
     assert registry.aliases("ft") == {"production": meta.version}
     assert result.promoted
-
-
-def test_auto_quantization_serves_int8_only_within_the_accuracy_guard(tmp_path: Path) -> None:
-    from models import QuantizationReport
-    from training.export import INT8_FILE, choose_int8
-
-    base = QuantizationReport(
-        method="dynamic int8, per-channel", argmax_agreement=0.99, max_abs_diff=0.01, examples=64
-    )
-    (tmp_path / INT8_FILE).write_bytes(b"int8")
-    kept = choose_int8(base, policy="auto", fp32=0.9, int8=0.897, count=400, staging=tmp_path)
-    assert kept.served_on_cpu and kept.file == INT8_FILE and (tmp_path / INT8_FILE).exists()
-    assert "within 0.3 points" in kept.reason
-    refused = choose_int8(
-        base, policy="auto", fp32=0.9, int8=0.8965, count=400, staging=tmp_path, metric="micro_f1"
-    )
-    assert not refused.served_on_cpu and refused.file is None
-    assert not (tmp_path / INT8_FILE).exists()  # a graph nobody serves is not published
-    assert "fp32 served: int8 loses 0.35 points (validation micro-F1" in refused.reason
-    assert (refused.fp32_macro_f1, refused.int8_macro_f1) == (0.9, 0.8965)
-    assert refused.metric == "micro_f1"
 
 
 def test_test_labels_unknown_to_training_are_refused(tmp_path: Path, ten_classes) -> None:

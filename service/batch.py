@@ -1,0 +1,332 @@
+"""Scoring a file: rows in, one answer per row out, in chunks that survive a crash.
+
+The one engine behind `refit predict` and `POST /models/{name}/batch` jobs. Input is read
+as a stream (CSV with a `text` column, or JSON Lines with a `text` field; an `id` column or
+field is carried over, else the row number is the id), so a million-row file never sits in
+memory: `chunk_rows` rows at a time are checked, scored and written.
+
+Crash safety: every finished chunk is one file in `<output>.parts/` (written to a temporary
+name, fsynced, renamed: a chunk is there whole or not at all), beside a manifest naming the
+input, the model version and the options. A run that finds the parts of the same batch
+skips the finished chunks (their rows are read, not scored) and scores the rest; only when
+every chunk is there is the output assembled (again temporary name + rename) and the parts
+removed. A resume assumes the rows before the resume point did not change.
+
+A malformed row (no text, a blank or over-long one, a lone surrogate, bad JSON) is written
+to `<output>.errors.jsonl` with its row number and reason, and the batch goes on; with
+`on_error="stop"` the batch stops there instead (the finished chunks are kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from models.data import check_text
+
+CHUNK_ROWS = 1000
+FORMATS = ("csv", "jsonl")
+
+
+class BatchError(ValueError):
+    """The batch cannot start or go on; the message says why and what to do."""
+
+
+class BatchCancelled(RuntimeError):
+    """Stopped on request; the finished chunks are kept for a resume."""
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    model: str
+    version: str
+    source: str  # a path, or "-" for stdin
+    output: str
+    top_k: int = 1
+    chunk_rows: int = CHUNK_ROWS
+    on_error: str = "skip"  # or "stop"
+
+
+@dataclass
+class BatchResult:
+    rows: int = 0
+    scored: int = 0  # rows scored by this run (a resume skips the finished chunks)
+    errors: int = 0
+    chunks: int = 0
+    resumed_chunks: int = 0
+    output: str = ""
+    errors_file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def input_format(path: str, given: str | None = None) -> str:
+    """csv or jsonl: `given`, else from the file name (`.csv`; `.jsonl`/`.ndjson`)."""
+    if given:
+        if given not in FORMATS:
+            raise BatchError(f"unknown format {given!r}; use one of {', '.join(FORMATS)}")
+        return given
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    raise BatchError(
+        f"cannot tell the format of {path!r} from its name; name it .csv or .jsonl, or pass"
+        " --format csv|jsonl (Parquet needs pyarrow, which Refit does not ship)"
+    )
+
+
+@dataclass(frozen=True)
+class Row:
+    n: int  # row number from 1 (the header is row 0)
+    id: str
+    text: Any
+    problem: str | None = None  # a row that could not be read at all
+
+
+def read_rows(stream: IO[str], fmt: str) -> Iterator[Row]:
+    """The input's rows, one at a time."""
+    if fmt == "csv":
+        reader = csv.DictReader(stream)
+        if reader.fieldnames is None or "text" not in reader.fieldnames:
+            raise BatchError(
+                f"the CSV header has no `text` column (found {reader.fieldnames or 'none'});"
+                " name the column to score `text` (an `id` column is optional)"
+            )
+        for n, row in enumerate(reader, start=1):
+            yield Row(n, row.get("id") or str(n), row.get("text"))
+        return
+    for n, line in enumerate(stream, start=1):
+        if not line.strip():
+            yield Row(n, str(n), None, "blank line")
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            yield Row(n, str(n), None, f"not JSON: {exc.msg} at column {exc.colno}")
+            continue
+        if not isinstance(item, dict):
+            kind = type(item).__name__
+            yield Row(n, str(n), None, f"expected a JSON object with a text field, got {kind}")
+            continue
+        ident = item.get("id")
+        yield Row(n, str(ident) if ident is not None else str(n), item.get("text"))
+
+
+def answer(model: Any, scored: Any, k: int, row: int, ident: str, top_k: int) -> dict:
+    """One output row: as `/predict` answers (label or labels, score, out_of_scope, top)."""
+    probs = scored.probabilities[k]
+    order = np.argsort(-probs)[: min(top_k, len(model.labels))]
+    top = [{"label": model.labels[int(j)], "score": round(float(probs[j]), 6)} for j in order]
+    outside = bool(scored.out_of_scope[k])
+    out: dict[str, Any] = {"id": ident, "row": row}
+    if scored.chosen is not None:
+        picked = sorted(np.flatnonzero(scored.chosen[k]).tolist(), key=lambda j: -probs[j])
+        out["labels"] = [
+            {"label": model.labels[j], "score": round(float(probs[j]), 6)} for j in picked
+        ]
+    else:
+        out["label"] = model.out_of_scope_label if outside else top[0]["label"]
+        out["score"] = top[0]["score"]
+    out["out_of_scope"] = outside
+    out["top"] = top
+    return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+class Parts:
+    """`<output>.parts/`: the manifest and one file per finished chunk."""
+
+    def __init__(self, output: Path, spec: BatchSpec) -> None:
+        self.dir = output.with_name(output.name + ".parts")
+        self.spec = spec
+        manifest = self.dir / "manifest.json"
+        mine = {k: v for k, v in asdict(spec).items() if k != "on_error"}
+        if manifest.exists():
+            theirs = json.loads(manifest.read_text())
+            if theirs != mine:
+                changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+                raise BatchError(
+                    f"{self.dir} holds the parts of another batch (different {', '.join(changed)});"
+                    " finish that batch, or delete the folder to start this one afresh"
+                )
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(manifest, json.dumps(mine, indent=1).encode())
+
+    def path(self, index: int, kind: str) -> Path:
+        return self.dir / f"{index:07d}.{kind}"
+
+    def done(self, index: int) -> bool:
+        return self.path(index, "out").exists()
+
+    def write(self, index: int, rows: list[dict], errors: list[dict]) -> None:
+        # the errors first: the .out file is the chunk's commit marker
+        _write_atomic(self.path(index, "err"), b"".join(_jsonl(e) for e in errors))
+        _write_atomic(self.path(index, "out"), b"".join(_jsonl(r) for r in rows))
+
+    def indices(self) -> list[int]:
+        return sorted(int(p.stem) for p in self.dir.glob("*.out"))
+
+
+def _jsonl(item: dict) -> bytes:
+    return (json.dumps(item, ensure_ascii=False) + "\n").encode()
+
+
+def score_file(
+    spec: BatchSpec,
+    model: Any,
+    *,
+    fmt: str | None = None,
+    stdin: IO[str] | None = None,
+    stdout: IO[str] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> BatchResult:
+    """Score `spec.source` with `model` (a service.loading.LoadedModel) into `spec.output`
+    ("-": stdout, then no resume: parts go to a temporary folder)."""
+    fmt = input_format(spec.source if spec.source != "-" else "x.jsonl", fmt)
+    if spec.source != "-" and not Path(spec.source).is_file():
+        raise BatchError(f"no file {spec.source}; give the path of a CSV or JSONL file")
+    if spec.output == "-":
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="refit-batch-"))
+        output = scratch / "out.jsonl"
+    else:
+        scratch, output = None, Path(spec.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = _score(spec, model, fmt, output, stdin, progress, cancel)
+        if scratch is not None:  # answers on stdout, refused rows on stderr
+            with output.open(encoding="utf-8") as fh:
+                shutil.copyfileobj(fh, stdout or sys.stdout)
+            if result.errors_file:
+                with open(result.errors_file, encoding="utf-8") as fh:
+                    shutil.copyfileobj(fh, sys.stderr)
+            result.output, result.errors_file = "-", "stderr" if result.errors else None
+        return result
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _score(spec, model, fmt, output: Path, stdin, progress, cancel) -> BatchResult:
+    parts = Parts(output, spec)
+    total = _count_lines(spec.source) if spec.source != "-" else None
+    result = BatchResult(output=str(output))
+    # undecodable bytes become lone surrogates: that row is refused, not the whole file
+    opened = (
+        contextlib.nullcontext(stdin or sys.stdin)
+        if spec.source == "-"
+        else open(spec.source, encoding="utf-8", newline="", errors="surrogateescape")  # noqa: SIM115
+    )
+    with opened as fh:
+        chunk: list[Row] = []
+        index = 0
+        for item in read_rows(fh, fmt):
+            chunk.append(item)
+            if len(chunk) == spec.chunk_rows:
+                _chunk(spec, model, parts, index, chunk, result, cancel)
+                index, chunk = index + 1, []
+                if progress:
+                    progress(result.rows, total)
+        if chunk or index == 0:
+            _chunk(spec, model, parts, index, chunk, result, cancel)
+    _assemble(parts, output, result)
+    if progress:
+        progress(result.rows, result.rows)
+    return result
+
+
+def _chunk(spec, model, parts: Parts, index: int, rows, result: BatchResult, cancel) -> None:
+    result.rows += len(rows)
+    result.chunks += 1
+    if parts.done(index):
+        result.resumed_chunks += 1
+        return
+    if cancel is not None and cancel():
+        raise BatchCancelled(
+            f"cancelled after {result.rows - len(rows)} rows; the finished chunks are kept in"
+            f" {parts.dir} and a new run of the same batch resumes from there"
+        )
+    good: list[Row] = []
+    errors: list[dict] = []
+    for row in rows:
+        problems = [row.problem] if row.problem else []
+        if not problems:
+            check_text("", row.text, problems)
+        if problems:
+            reason = problems[0].removeprefix(": ")
+            n = row.n
+            if spec.on_error == "stop":
+                raise BatchError(
+                    f"row {n}: {reason}; stopped (on_error=stop) after {result.rows - len(rows)}"
+                    f" rows; the finished chunks are kept in {parts.dir}: fix the row and run"
+                    " the same batch again to finish it"
+                )
+            errors.append({"row": n, "id": row.id, "error": reason})
+        else:
+            good.append(row)
+    out: list[dict] = []
+    if good:
+        scored = model.score([r.text for r in good])
+        out = [answer(model, scored, k, r.n, r.id, spec.top_k) for k, r in enumerate(good)]
+    parts.write(index, out, errors)
+    result.scored += len(good)
+
+
+def _assemble(parts: Parts, output: Path, result: BatchResult) -> None:
+    """Every chunk is there: the output (and errors file) at once, then no parts."""
+    tmp = output.with_name(output.name + ".tmp")
+    errors_path = output.with_name(output.name + ".errors.jsonl")
+    errors_tmp = errors_path.with_name(errors_path.name + ".tmp")
+    with tmp.open("wb") as out, errors_tmp.open("wb") as err:
+        for i in parts.indices():
+            with parts.path(i, "out").open("rb") as fh:
+                shutil.copyfileobj(fh, out)
+            with parts.path(i, "err").open("rb") as fh:
+                chunk_errors = fh.read()
+            result.errors += chunk_errors.count(b"\n")
+            err.write(chunk_errors)
+        for fh in (out, err):
+            fh.flush()
+            os.fsync(fh.fileno())
+    tmp.replace(output)
+    if result.errors:
+        errors_tmp.replace(errors_path)
+        result.errors_file = str(errors_path)
+    else:
+        errors_tmp.unlink()
+        errors_path.unlink(missing_ok=True)
+    shutil.rmtree(parts.dir, ignore_errors=True)
+
+
+def _count_lines(path: str) -> int:
+    """Lines in the file (a CSV's rows plus its header, if no field spans lines): for the
+    progress fraction only; one pass over the bytes, 1 MB at a time."""
+    lines = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            lines += block.count(b"\n")
+    return lines
