@@ -12,6 +12,7 @@ from service import errors
 from service.auth import require_token
 from service.responses import JSONResponse
 from service.routes import (
+    batch,
     canary,
     console,
     feedback,
@@ -33,6 +34,7 @@ ROUTERS = tuple(
         feedback,
         labeling,
         suspects,
+        batch,
         jobs,
         health,
         predict,

@@ -71,6 +71,14 @@ class BatchResult:
         return asdict(self)
 
 
+def default_output(source: str) -> str:
+    """`-` for stdin; else `<input without suffix>.predictions.jsonl` beside the input."""
+    if source == "-":
+        return "-"
+    path = Path(source)
+    return str(path.with_name(path.stem + ".predictions.jsonl"))
+
+
 def input_format(path: str, given: str | None = None) -> str:
     """csv or jsonl: `given`, else from the file name (`.csv`; `.jsonl`/`.ndjson`)."""
     if given:

@@ -162,7 +162,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for job in jobs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
         line = f"{job.id}  {when}  {job.model}  {job.state:<11} {job.phase:<10} {100 * job.fraction:5.1f}%"
-        if job.result:
+        if job.result and job.result.get("kind") == "batch":
+            r = job.result
+            line += f"  batch: {r['rows']} rows -> {r['output']} ({r['errors']} refused)"
+        elif job.result:
             r = job.result
             line += f"  {r['strategy']} -> {r['version']} promoted={r['promoted']}"
         elif job.error:

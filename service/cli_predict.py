@@ -13,17 +13,9 @@ from typing import Any
 from service.cli_common import EXIT_BAD_INPUT, err, out, registry_for, settings_for
 
 
-def default_output(source: str) -> str:
-    """`-` for stdin; else `<input without suffix>.predictions.jsonl` beside the input."""
-    if source == "-":
-        return "-"
-    base, _ = os.path.splitext(source)
-    return f"{base}.predictions.jsonl"
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from models import RegistryError
-    from service.batch import BatchCancelled, BatchError, BatchSpec, score_file
+    from service.batch import BatchCancelled, BatchError, BatchSpec, default_output, score_file
     from service.loading import load_model
 
     if args.chunk_rows < 1 or args.top_k < 1:

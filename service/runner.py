@@ -62,6 +62,8 @@ def exit_state(code: int, phase: str, job_id: str) -> tuple[str, str]:
 
 def count_finished(job: Any, seconds: float) -> None:
     """Job metrics, once per finished job, in whichever process ran it."""
+    if job.request.get("kind") == "batch":  # not a retrain: /jobs and the log tell it
+        return
     strategy = (job.result or {}).get("strategy", "none")
     metrics.RETRAIN_JOBS.labels(strategy, job.state).inc()
     if job.result is not None and job.result.get("promoted") is False:

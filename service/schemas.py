@@ -176,6 +176,34 @@ class PromoteRequest(BaseModel):
     )
 
 
+class BatchRequest(BaseModel):
+    """Body of `POST /models/{name}/batch`: a file under REFIT_BATCH_ROOT scored by a job."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="CSV (a `text` column, optional `id`) or JSONL (`text`, optional `id`),"
+        " relative to REFIT_BATCH_ROOT",
+    )
+    output: str | None = Field(
+        None,
+        max_length=4096,
+        description="results (JSONL) relative to REFIT_BATCH_ROOT; default: the input's name"
+        " + `.predictions.jsonl` beside it (refused rows: + `.errors.jsonl`)",
+    )
+    version: str = Field(
+        "production",
+        pattern=r"^(v\d{8}-\d{6}-\d{6}-[0-9a-f]{4}|production|previous|shadow|canary)$",
+        description="the version that scores every row (an alias is pinned when the job is queued)",
+    )
+    top_k: int = Field(1, ge=1, le=1000)
+    chunk_rows: int = Field(1000, ge=1, le=100_000, description="rows per resumable chunk")
+    on_error: Literal["skip", "stop"] = Field(
+        "skip", description="a malformed row: record it and go on, or stop the batch"
+    )
+
+
 class ErrorBody(BaseModel):
     error: str
     fix: str | None = None

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         32 * 1024 * 1024, ge=1024, description="request body size limit (413 beyond)"
     )
     max_top_k: int = Field(100, ge=1, description="largest top_k accepted")
+    batch_root: Path | None = Field(
+        None,
+        description="the folder `POST /models/{name}/batch` reads inputs from and writes"
+        " results to (paths are relative to it; nothing outside it); unset: off",
+    )
     backbones: Annotated[dict[str, Path | None], NoDecode] = Field(
         default_factory=dict,
         description="encoders a model may use besides `minilm` (the packaged MiniLM, always"

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from models import Metrics
@@ -97,10 +98,6 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
     """Run one job. With `worker`, the job was claimed by that `refit worker` (state
     `running`), and the trainer stops — publishing nothing — as soon as the worker no longer
     holds it (reaped after missed heartbeats, or cancelled)."""
-    from training import Cancelled, DataError
-    from training.pipeline import train
-    from training.promotion import promote_candidate
-
     store, registry = open_state(settings)
     job = store.jobs.get_job(job_id)
     if job is None:
@@ -141,6 +138,13 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
                 # cannot tell: go on training, but never publish without knowing
                 last["cancel"] = last["phase"] == "publishing"
         return bool(last["cancel"])
+
+    if request.get("kind") == "batch":  # scoring a file, not training: no torch
+        return _run_batch(job, settings, store, registry, worker, progress, cancel)
+
+    from training import Cancelled, DataError
+    from training.pipeline import train
+    from training.promotion import promote_candidate
 
     try:
         data = from_store(store.examples.dataset(job.model, upto_batch=job.batch_id))
@@ -245,6 +249,37 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
             error=f"internal error ({type(exc).__name__}); see the service log",
         )
         return 1
+
+
+def _run_batch(job, settings: Settings, store, registry, worker, progress, cancel) -> int:
+    """A batch job (service/batch_job.py) to its final state; its chunks stay for a retry."""
+    from models import RegistryError
+    from service.batch_job import BatchCancelled, BatchError, OutsideRoot, run_batch_job
+
+    def report(phase: str, fraction: float, message: str) -> None:
+        progress(SimpleNamespace(phase=phase, fraction=fraction, message=message))
+
+    try:
+        outcome = run_batch_job(job, settings, registry, store, cancel, report)
+    except BatchCancelled as exc:
+        _finish_durably(store, job.id, CANCELLED, worker=worker, error=str(exc))
+        return 0
+    except (BatchError, OutsideRoot, RegistryError, LookupError) as exc:
+        _finish_durably(store, job.id, FAILED, worker=worker, error=str(exc))
+        return 0
+    except OSError as exc:
+        log.error("job %s failed: %s", job.id, exc)
+        error = f"storage error: {exc.strerror or exc} ({exc.filename or 'REFIT_BATCH_ROOT'});"
+        error += f" the finished chunks are kept: retry with POST /jobs/{job.id}/retry"
+        _finish_durably(store, job.id, FAILED, worker=worker, error=error)
+        return 1
+    except Exception as exc:
+        log.exception("job %s failed", job.id)
+        error = f"internal error ({type(exc).__name__}); see the service log"
+        _finish_durably(store, job.id, FAILED, worker=worker, error=error)
+        return 1
+    _finish_durably(store, job.id, SUCCEEDED, worker=worker, result=outcome)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,8 +120,10 @@ def make_server(tmp: Path, **settings: str) -> Server:
         # it): 40 steps instead of 300 keep each small fine-tuning job under a minute
         "REFIT_FINE_TUNING_MIN_STEPS": "40",
         "BENTOML_HOME": str(tmp / "bentoml"),
+        "REFIT_BATCH_ROOT": str(tmp / "batch"),  # files POST /models/{name}/batch may score
         **settings,
     }
+    (tmp / "batch").mkdir(parents=True, exist_ok=True)
     return Server(home=tmp / "home", port=port, env=env, log_path=tmp / "server.log")
 
 
