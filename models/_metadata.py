@@ -100,6 +100,17 @@ class QuantizationReport(_Frozen):
     paired_p_value: float | None = Field(None, description="one-sided exact McNemar")
 
 
+class HalfPrecisionReport(_Frozen):
+    """The fp16 graph against fp32: served on CUDA only when it passed its gate."""
+
+    file: str | None = Field(None, description="the fp16 graph (None: not kept)")
+    parity_max_abs_diff: float = Field(description="max |p_fp16 - p_fp32|, parity texts")
+    argmax_agreement: float
+    examples: int = Field(description="training-time texts both graphs scored")
+    served_on_cuda: bool = False
+    reason: str = ""
+
+
 class Calibration(_Frozen):
     """How the version's probabilities were calibrated, and what it changed (on the data it
     was fitted on): expected calibration error (15 equal-width bins of the top score) and
@@ -188,6 +199,7 @@ class ModelMetadata(_Frozen):
     onnx: OnnxInfo
     quantized: bool = False
     quantization: QuantizationReport | None = None
+    fp16: HalfPrecisionReport | None = None
     calibration: Calibration | None = Field(
         None, description="absent in versions made before calibration: temperature 1"
     )

@@ -94,11 +94,13 @@ class ModelVersion:
         return self.path / "model.onnx"
 
     def graph_path(self, *, cuda: bool, allow_int8: bool = True) -> Path:
-        """What to serve: the int8 graph on CPU when the quantization policy chose it,
-        otherwise (and on CUDA) `model.onnx`."""
-        q = self.metadata.quantization
+        """What to serve: the int8 graph on CPU when the quantization policy chose it, the
+        fp16 graph on CUDA when it passed its gate, otherwise `model.onnx`."""
+        q, half = self.metadata.quantization, self.metadata.fp16
         if not cuda and allow_int8 and q is not None and q.served_on_cpu and q.file:
             return self.path / q.file
+        if cuda and half is not None and half.served_on_cuda and half.file:
+            return self.path / half.file
         return self.onnx_path
 
 

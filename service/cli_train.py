@@ -105,6 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             **_backbone(args, settings),
             quantize=args.quantize,
+            **({"fp16": args.fp16} if args.fp16 else {}),
             promote="always" if args.force else "auto" if args.promote else "never",
             seed=args.seed,
             epochs=args.epochs,
@@ -203,8 +204,16 @@ def add_train_command(sub: Any) -> None:
         const="always",
         default="auto",
         choices=["auto", "always", "never"],
-        help="int8 graph for CPU serving: auto (default) serves it when validation macro-F1 is"
-        " within 0.3 points of fp32, always (or the bare flag) serves it anyway, never builds none",
+        help="int8 graph for CPU serving: auto (default) serves it when it agrees with fp32 on"
+        " >= 99%% of the training texts, always (or the bare flag) serves it anyway, never builds"
+        " none",
+    )
+    t.add_argument(
+        "--fp16",
+        choices=["auto", "always", "never"],
+        default=None,
+        help="fp16 graph for CUDA serving (default: REFIT_FP16, auto = where training sees a"
+        " GPU); served on CUDA when it passes its parity and agreement gate",
     )
     t.add_argument(
         "--promote",

@@ -200,8 +200,15 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="BentoML's access log line per request")
     quantize: Literal["auto", "always", "never"] = Field(
         "auto",
-        description="int8 graph per version for CPU serving: auto = served when validation"
-        " macro-F1 is within 0.3 points of fp32; always; never (fp32 served, none built)",
+        description="int8 graph per version for CPU serving: auto = served when it agrees"
+        " with fp32 on >= 99% of the training-time texts (training/quantization.py); always;"
+        " never (fp32 served, none built)",
+    )
+    fp16: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="fp16 graph per version for CUDA serving: auto = built where training sees"
+        " a GPU; always = built anywhere; never. Served on CUDA when it passes its parity"
+        " and agreement gate",
     )
     promote_via_shadow: bool = Field(
         False,

@@ -36,6 +36,7 @@ def train_config(settings: Settings, *, name: str, **overrides: Any) -> Any:
         "threads": settings.trainer_threads,
         "contrastive_steps": settings.contrastive_steps,
         "quantize": settings.quantize,
+        "fp16": settings.fp16,
         "min_steps": settings.fine_tuning_min_steps,
         "cache_dir": settings.root / ".cache",
         "promotion_tolerance": settings.promotion_tolerance,

@@ -103,6 +103,9 @@ class TrainConfig:
     # int8 graph for CPU serving: auto = built, served when validation macro-F1 is within
     # 0.3 points of fp32; always = built and served; never = none
     quantize: str = "auto"
+    # fp16 graph for CUDA serving (training/quantization.py): auto = built where training
+    # sees a GPU, always = built anywhere (its parity gate runs on CPU too), never = none
+    fp16: str = "auto"
     parity_tolerance: float = 1e-4
     # after publishing: never (a candidate), auto (through the promotion gate:
     # training/promotion.py), always (skip the gate); True means auto
@@ -159,6 +162,9 @@ class TrainConfig:
             "quantize",
             "auto, always or never",
             self.quantize,
+        )
+        _require(
+            self.fp16 in ("auto", "always", "never"), "fp16", "auto, always or never", self.fp16
         )
         _require(self.parity_tolerance > 0, "parity_tolerance", "> 0", self.parity_tolerance)
         _require(

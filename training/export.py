@@ -15,7 +15,7 @@ import torch
 from models import OnnxInfo
 from training.classifier import SentenceClassifier
 from training.evaluate import OnnxRunner
-from training.quantization import quantize_graph
+from training.quantization import half_graph, quantize_graph
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class ExportError(RuntimeError):
 class ExportResult:
     info: OnnxInfo
     int8: Path | None  # model.int8.onnx (training/quantization.py decides whether it is served)
+    fp16: Path | None = None  # model.fp16.onnx, likewise
 
 
 def save_tokenizer(tokenizer, out_dir: Path, max_length: int) -> Path:
@@ -73,6 +74,7 @@ def export_onnx(
     opset: int,
     tolerance: float,
     quantize: bool,
+    fp16: bool = False,
 ) -> ExportResult:
     """Write `model.onnx` and `tokenizer.json` into `out_dir` (and `model.int8.onnx` with
     `quantize`); fail if ONNX disagrees with torch."""
@@ -116,7 +118,11 @@ def export_onnx(
         parity_max_abs_diff=diff,
         fused=fused[1] if fused else None,
     )
-    return ExportResult(info, quantize_graph(onnx_path) if quantize else None)
+    return ExportResult(
+        info,
+        quantize_graph(onnx_path) if quantize else None,
+        half_graph(onnx_path) if fp16 else None,
+    )
 
 
 def _parity(

@@ -278,7 +278,7 @@ def _package(
 ) -> ModelMetadata:
     from training.evaluate import OnnxRunner, compute_multi_metrics
     from training.packaging import export_version
-    from training.quantization import INT8_FILE, guard_texts, judge_int8
+    from training.quantization import INT8_FILE, guard_texts, judge_fp16, judge_int8
 
     config, report, labels = bench.config, bench.report, bench.labels
     staging = registry.stage(config.name)
@@ -309,6 +309,17 @@ def _package(
                 int8=score(INT8_FILE, bench.val_set).micro_f1 or 0.0,
                 count=metrics.count,
                 metric="micro_f1",
+                staging=staging.path,
+            )
+        fp16 = None
+        if exported.fp16 is not None:
+            fp16 = judge_fp16(
+                OnnxRunner(staging.path / "model.onnx", staging.path / "tokenizer.json"),
+                OnnxRunner(exported.fp16, staging.path / "tokenizer.json"),
+                parity=list(bench.val_set.texts)[:64],
+                texts=guard_texts(bench.train_set.texts, bench.val_set.texts),
+                decide=thresholds.apply,
+                labels=labels,
                 staging=staging.path,
             )
         test_metrics = score("model.onnx", test) if test is not None else None
@@ -348,6 +359,7 @@ def _package(
             onnx=exported.info,
             quantized=quantization is not None and quantization.served_on_cpu,
             quantization=quantization,
+            fp16=fp16,
             calibration=Calibration(
                 method="none",
                 reason="multi-label: a sigmoid per label, thresholds chosen per label on"

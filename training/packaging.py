@@ -46,7 +46,7 @@ def package(
 ) -> ModelMetadata:
     from training.calibration import calibrate
     from training.evaluate import OnnxRunner, compute_metrics
-    from training.quantization import guard_texts, judge_int8
+    from training.quantization import guard_texts, judge_fp16, judge_int8
 
     config, report, labels = bench.config, bench.report, bench.labels
     label_id = {label: i for i, label in enumerate(labels)}
@@ -107,6 +107,19 @@ def package(
                 count=metrics.count,
                 staging=staging.path,
             )
+        fp16 = None
+        if exported.fp16 is not None:
+            fp16 = judge_fp16(
+                runner,
+                OnnxRunner(
+                    exported.fp16, staging.path / "tokenizer.json", temperature=runner.temperature
+                ),
+                parity=list(bench.val_set.texts)[:64],
+                texts=guard_texts(bench.train_set.texts, bench.val_set.texts),
+                decide=lambda p: p.argmax(1),
+                labels=labels,
+                staging=staging.path,
+            )
         # the detector is chosen on the graph CPU serves (int8 moves the embedding a little)
         int8_served = quantization is not None and quantization.served_on_cpu
         served = int8_runner if int8_served else runner
@@ -158,6 +171,7 @@ def package(
             onnx=exported.info,
             quantized=quantization is not None and quantization.served_on_cpu,
             quantization=quantization,
+            fp16=fp16,
             calibration=calibration,
             out_of_scope=out_of_scope,
             parent_version=parent,
@@ -174,6 +188,7 @@ def export_version(bench: Workbench, folder: Path, timings: dict[str, float]) ->
     """The workbench's model exported into `folder` (parity-checked, int8 unless `never`),
     its seconds added to `timings`."""
     from training.export import export_onnx
+    from training.quantization import wants_fp16
 
     config = bench.config
     t0 = time.perf_counter()
@@ -187,6 +202,7 @@ def export_version(bench: Workbench, folder: Path, timings: dict[str, float]) ->
         opset=config.opset,
         tolerance=config.parity_tolerance,
         quantize=config.quantize != "never",
+        fp16=wants_fp16(config.fp16),
     )
     timings["export_s"] = round(time.perf_counter() - t0, 2)
     return exported

@@ -136,7 +136,7 @@ def test_cancel_during_export_publishes_nothing_and_cleans_up(tmp_path: Path, te
     assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".staging")] == []
 
 
-def test_one_epoch_fine_tuning_end_to_end_with_quantization(tmp_path: Path, ten_classes) -> None:
+def test_one_epoch_fine_tuning_end_to_end_with_int8_and_fp16(tmp_path: Path, ten_classes) -> None:
     registry = Registry(tmp_path)
     result = train(
         banking77_slice("train", ten_classes[:4], per_class=12),
@@ -146,6 +146,7 @@ def test_one_epoch_fine_tuning_end_to_end_with_quantization(tmp_path: Path, ten_
             epochs=1,
             batch_size=16,
             quantize="always",
+            fp16="always",  # built and gated on CPU: no GPU needed for the gate
             promote=True,
         ),
         registry=registry,
@@ -164,10 +165,17 @@ def test_one_epoch_fine_tuning_end_to_end_with_quantization(tmp_path: Path, ten_
     assert q.examples == meta.data.train_count + meta.data.validation_count
     assert q.paired_p_value is not None and 0 <= q.paired_p_value <= 1
     assert q.argmax_agreement >= 0.9 and f"on {q.examples} training-time texts" in q.reason
-    mv = registry.verify("ft", meta.version)  # both graphs are hashed files of the version
-    assert set(meta.files) >= {"model.onnx", "model.int8.onnx", "tokenizer.json"}
+    half = meta.fp16
+    assert half is not None and half.served_on_cuda and half.file == "model.fp16.onnx"
+    assert 0 < half.parity_max_abs_diff <= 1e-2 and half.argmax_agreement >= 0.99
+    assert half.reason.startswith("fp16 served on CUDA: max |p_fp16 - p_fp32|")
+    mv = registry.verify("ft", meta.version)  # every graph is a hashed file of the version
+    assert set(meta.files) >= {"model.onnx", "model.int8.onnx", "model.fp16.onnx", "tokenizer.json"}
+    assert (mv.path / "model.fp16.onnx").stat().st_size < (
+        mv.path / "model.onnx"
+    ).stat().st_size * 0.6
     assert mv.graph_path(cuda=False).name == "model.int8.onnx"
-    assert mv.graph_path(cuda=True).name == "model.onnx"
+    assert mv.graph_path(cuda=True).name == "model.fp16.onnx"
     assert mv.graph_path(cuda=False, allow_int8=False).name == "model.onnx"
     assert registry.aliases("ft") == {"production": meta.version}
     assert result.promoted

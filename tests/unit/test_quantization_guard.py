@@ -104,3 +104,37 @@ def test_the_guard_judges_every_training_time_text_up_to_a_fixed_sample() -> Non
     many = [f"t{i}" for i in range(50)]
     sample = guard_texts(many, limit=10)
     assert len(sample) == 10 and sample == guard_texts(many, limit=10)
+
+
+class _Runner:
+    """Probabilities made up per text: what `judge_fp16` reads from an OnnxRunner."""
+
+    def __init__(self, probs: dict[str, list[float]]) -> None:
+        self.probs = probs
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return np.array([self.probs[t] for t in texts], dtype=np.float32)
+
+
+def test_the_fp16_gate_serves_a_close_graph_and_drops_a_far_one(tmp_path: Path) -> None:
+    from training.quantization import FP16_FILE, judge_fp16
+
+    texts = [f"t{i}" for i in range(200)]
+    full = _Runner({t: [0.7, 0.2, 0.1] if i % 2 else [0.1, 0.3, 0.6] for i, t in enumerate(texts)})
+    close = _Runner(
+        {t: [p + 0.0008 * (j == 0) for j, p in enumerate(v)] for t, v in full.probs.items()}
+    )
+    args = {"parity": texts[:64], "texts": texts, "decide": lambda p: p.argmax(1), "labels": LABELS}
+    (tmp_path / FP16_FILE).write_bytes(b"fp16")
+    kept = judge_fp16(full, close, staging=tmp_path, **args)
+    assert kept.served_on_cuda and kept.file == FP16_FILE and (tmp_path / FP16_FILE).exists()
+    assert kept.parity_max_abs_diff == pytest.approx(0.0008, abs=1e-5) and kept.examples == 200
+    far = _Runner(
+        {t: [p + 0.05 * (j == 0) for j, p in enumerate(v)] for t, v in full.probs.items()}
+    )
+    dropped = judge_fp16(full, far, staging=tmp_path, **args)
+    assert not dropped.served_on_cuda and dropped.file is None
+    assert not (tmp_path / FP16_FILE).exists()  # never published: fp32 is served on CUDA
+    assert "fp32 served on CUDA: the fp16 graph has parity 5.00e-02 > 1e-02" in dropped.reason
+    broken = _Runner({t: [float("nan")] * 3 for t in texts})
+    assert not judge_fp16(full, broken, staging=tmp_path, **args).served_on_cuda
