@@ -344,7 +344,11 @@ def summarize(samples, jobs, rounds, trainer_peaks, load, args, warmup: float) -
             "max_interval": max(p99s) if p99s else None,
         },
         "metric_series": {"first": series[0] if series else None, "max": max(series or [0])},
-        "goals_met": failed == 0 and rss_growth <= 0.05 and fd_growth <= 2 and thread_growth <= 2,
+        "goals_met": bool(workers)  # something measured after warm-up
+        and failed == 0
+        and rss_growth <= 0.05
+        and fd_growth <= 2
+        and thread_growth <= 2,
     }
     return {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

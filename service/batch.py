@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -33,8 +34,10 @@ from typing import IO, Any
 import numpy as np
 
 from models.data import check_text
+from models.text import invalid_character
 
 CHUNK_ROWS = 1000
+MAX_ID_CHARS = 1000
 FORMATS = ("csv", "jsonl")
 
 
@@ -113,8 +116,12 @@ def read_rows(stream: IO[str], fmt: str) -> Iterator[Row]:
                 f"the CSV header has no `text` column (found {reader.fieldnames or 'none'});"
                 " name the column to score `text` (an `id` column is optional)"
             )
-        for n, row in enumerate(reader, start=1):
-            yield Row(n, row.get("id") or str(n), row.get("text"))
+        n = 0
+        try:
+            for n, row in enumerate(reader, start=1):
+                yield Row(n, row.get("id") or str(n), row.get("text"))
+        except csv.Error as exc:  # e.g. a field over the csv module's size limit
+            raise BatchError(f"row {n + 1}: unreadable CSV ({exc}); fix the file") from None
         return
     for n, line in enumerate(stream, start=1):
         if not line.strip():
@@ -153,8 +160,13 @@ def answer(model: Any, scored: Any, k: int, row: int, ident: str, top_k: int) ->
     return out
 
 
+def _tmp(path: Path) -> Path:
+    """A temporary name beside `path`, private to this process."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp(path)
     with tmp.open("wb") as fh:
         fh.write(data)
         fh.flush()
@@ -163,20 +175,22 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class Parts:
-    """`<output>.parts/`: the manifest and one file per finished chunk."""
+    """`<output>.parts/` (or `folder`): the manifest and one file per finished chunk.
+    `identity` is what makes two runs the same batch (input, its size and modification
+    time, format, version, options)."""
 
-    def __init__(self, output: Path, spec: BatchSpec) -> None:
-        self.dir = output.with_name(output.name + ".parts")
-        self.spec = spec
+    def __init__(self, output: Path, identity: dict[str, Any], folder: Path | None = None) -> None:
+        self.dir = folder or output.with_name(output.name + ".parts")
         manifest = self.dir / "manifest.json"
-        mine = {k: v for k, v in asdict(spec).items() if k != "on_error"}
+        mine = identity
         if manifest.exists():
             theirs = json.loads(manifest.read_text())
             if theirs != mine:
                 changed = sorted(k for k in mine if theirs.get(k) != mine[k])
                 raise BatchError(
                     f"{self.dir} holds the parts of another batch (different {', '.join(changed)});"
-                    " finish that batch, or delete the folder to start this one afresh"
+                    " finish that batch, or delete the folder to start this one afresh (a changed"
+                    " input is another batch too)"
                 )
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -193,9 +207,6 @@ class Parts:
         _write_atomic(self.path(index, "err"), b"".join(_jsonl(e) for e in errors))
         _write_atomic(self.path(index, "out"), b"".join(_jsonl(r) for r in rows))
 
-    def indices(self) -> list[int]:
-        return sorted(int(p.stem) for p in self.dir.glob("*.out"))
-
 
 def _jsonl(item: dict) -> bytes:
     return (json.dumps(item, ensure_ascii=False) + "\n").encode()
@@ -210,23 +221,38 @@ def score_file(
     stdout: IO[str] | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    names: tuple[str, str] | None = None,
 ) -> BatchResult:
-    """Score `spec.source` with `model` (a service.loading.LoadedModel) into `spec.output`
-    ("-": stdout, then no resume: parts go to a temporary folder)."""
+    """Score `spec.source` with `model` (a service.loading.LoadedModel) into `spec.output`.
+    `-` as source: stdin (not resumable: its parts live in a temporary folder); as output:
+    stdout (answers) and stderr (refused rows). `names`: how the manifest names the input
+    and output (a job gives them relative to REFIT_BATCH_ROOT, so that any machine that
+    mounts the root elsewhere resumes the same batch)."""
     fmt = input_format(spec.source if spec.source != "-" else "x.jsonl", fmt)
-    if spec.source != "-" and not Path(spec.source).is_file():
+    source = None if spec.source == "-" else Path(spec.source)
+    if source is not None and not source.is_file():
         raise BatchError(f"no file {spec.source}; give the path of a CSV or JSONL file")
-    if spec.output == "-":
-        import tempfile
+    if source is not None and spec.output != "-" and same_file(source, Path(spec.output)):
+        raise BatchError("the output would overwrite the input; choose another output")
+    import tempfile
 
-        scratch = Path(tempfile.mkdtemp(prefix="refit-batch-"))
-        output = scratch / "out.jsonl"
-    else:
-        scratch, output = None, Path(spec.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
+    scratch = (
+        Path(tempfile.mkdtemp(prefix="refit-batch-")) if "-" in (spec.source, spec.output) else None
+    )
+    output = scratch / "out.jsonl" if spec.output == "-" and scratch else Path(spec.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    identity = {
+        **{k: v for k, v in asdict(spec).items() if k != "on_error"},
+        "format": fmt,
+        **({"source": names[0], "output": names[1]} if names else {}),
+    }
+    if source is not None:
+        stat = source.stat()
+        identity |= {"input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns}
     try:
-        result = _score(spec, model, fmt, output, stdin, progress, cancel)
-        if scratch is not None:  # answers on stdout, refused rows on stderr
+        parts = Parts(output, identity, scratch / "parts" if scratch and source is None else None)
+        result = _score(spec, model, fmt, parts, output, stdin, progress, cancel)
+        if spec.output == "-":  # answers on stdout, refused rows on stderr
             with output.open(encoding="utf-8") as fh:
                 shutil.copyfileobj(fh, stdout or sys.stdout)
             if result.errors_file:
@@ -239,16 +265,22 @@ def score_file(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _score(spec, model, fmt, output: Path, stdin, progress, cancel) -> BatchResult:
-    parts = Parts(output, spec)
+def same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _score(spec, model, fmt, parts: Parts, output: Path, stdin, progress, cancel) -> BatchResult:
     total = _count_lines(spec.source) if spec.source != "-" else None
     result = BatchResult(output=str(output))
-    # undecodable bytes become lone surrogates: that row is refused, not the whole file
-    opened = (
-        contextlib.nullcontext(stdin or sys.stdin)
-        if spec.source == "-"
-        else open(spec.source, encoding="utf-8", newline="", errors="surrogateescape")  # noqa: SIM115
-    )
+    # undecodable bytes become lone surrogates: that row is refused, not the whole file;
+    # a UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part of the header
+    if spec.source == "-":
+        raw = stdin or io.TextIOWrapper(
+            sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape", newline=""
+        )
+        opened: Any = contextlib.nullcontext(raw)
+    else:
+        opened = open(spec.source, encoding="utf-8-sig", newline="", errors="surrogateescape")  # noqa: SIM115
     with opened as fh:
         chunk: list[Row] = []
         index = 0
@@ -261,6 +293,8 @@ def _score(spec, model, fmt, output: Path, stdin, progress, cancel) -> BatchResu
                     progress(result.rows, total)
         if chunk or index == 0:
             _chunk(spec, model, parts, index, chunk, result, cancel)
+    if cancel is not None and cancel():  # a job that lost its worker never assembles
+        raise BatchCancelled(f"cancelled; the finished chunks are kept in {parts.dir}")
     _assemble(parts, output, result)
     if progress:
         progress(result.rows, result.rows)
@@ -282,6 +316,10 @@ def _chunk(spec, model, parts: Parts, index: int, rows, result: BatchResult, can
     errors: list[dict] = []
     for row in rows:
         problems = [row.problem] if row.problem else []
+        if not problems and (bad := invalid_character(row.id)) is not None:
+            problems.append(f"id contains {bad[0]} {bad[1]}")
+        elif not problems and len(row.id) > MAX_ID_CHARS:
+            problems.append(f"id has {len(row.id)} characters, the limit is {MAX_ID_CHARS}")
         if not problems:
             check_text("", row.text, problems)
         if problems:
@@ -290,10 +328,12 @@ def _chunk(spec, model, parts: Parts, index: int, rows, result: BatchResult, can
             if spec.on_error == "stop":
                 raise BatchError(
                     f"row {n}: {reason}; stopped (on_error=stop) after {result.rows - len(rows)}"
-                    f" rows; the finished chunks are kept in {parts.dir}: fix the row and run"
-                    " the same batch again to finish it"
+                    f" rows; the finished chunks are kept in {parts.dir}: run again with"
+                    " on_error=skip to record the row and finish (finished chunks are not scored"
+                    " again), or fix the file and delete that folder"
                 )
-            errors.append({"row": n, "id": row.id, "error": reason})
+            ident = row.id if invalid_character(row.id) is None else None
+            errors.append({"row": n, "id": ident, "error": reason})
         else:
             good.append(row)
     out: list[dict] = []
@@ -306,11 +346,11 @@ def _chunk(spec, model, parts: Parts, index: int, rows, result: BatchResult, can
 
 def _assemble(parts: Parts, output: Path, result: BatchResult) -> None:
     """Every chunk is there: the output (and errors file) at once, then no parts."""
-    tmp = output.with_name(output.name + ".tmp")
+    tmp = _tmp(output)
     errors_path = output.with_name(output.name + ".errors.jsonl")
-    errors_tmp = errors_path.with_name(errors_path.name + ".tmp")
+    errors_tmp = _tmp(errors_path)
     with tmp.open("wb") as out, errors_tmp.open("wb") as err:
-        for i in parts.indices():
+        for i in range(result.chunks):  # exactly this input's chunks
             with parts.path(i, "out").open("rb") as fh:
                 shutil.copyfileobj(fh, out)
             with parts.path(i, "err").open("rb") as fh:

@@ -37,7 +37,10 @@ def under_root(root: Path | None, relative: str) -> Path:
             " mount the bucket there)"
         )
     base = root.resolve()
-    path = (base / relative).resolve()
+    try:
+        path = (base / relative).resolve()
+    except (ValueError, OSError) as exc:  # a NUL byte, a name too long, a link loop
+        raise OutsideRoot(f"{relative[:200]!r} is not a usable path: {exc}") from None
     if not path.is_relative_to(base) or path == base:
         raise OutsideRoot(
             f"{relative!r} is outside REFIT_BATCH_ROOT; give a path relative to it, without"
@@ -76,7 +79,8 @@ def run_batch_job(job: Any, settings: Any, registry: Any, store: Any, cancel, pr
         fraction = min(rows / total, 0.99) if total else 0.0
         progress("scoring", fraction, f"{rows} rows scored or resumed")
 
-    result = score_file(spec, model, progress=report, cancel=cancel)
+    names = (request["input"], request["output"])
+    result = score_file(spec, model, progress=report, cancel=cancel, names=names)
     seconds = time.perf_counter() - started
     log.info(
         "job %s: %d rows, %d scored, %d refused", job.id, result.rows, result.scored, result.errors

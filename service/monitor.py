@@ -235,8 +235,9 @@ class Monitor:
         jobs = ctx.store.jobs.list_jobs(name, limit=50)
         for state in ACTIVE_STATES:
             metrics.JOBS.labels(name, state).set(sum(j.state == state for j in jobs))
-        finished = sorted(
-            (j for j in jobs if j.finished_at is not None), key=lambda j: -float(j.finished_at)
+        finished = sorted(  # retrains only: a batch-scoring job trains on nothing
+            (j for j in jobs if j.finished_at is not None and j.batch_id is not None),
+            key=lambda j: -float(j.finished_at),
         )
         streak = 0
         for job in finished:

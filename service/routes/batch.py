@@ -9,11 +9,11 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from models import validate_model_name
+from models import CorruptVersionError, validate_model_name
 from service.batch import BatchError, default_output, input_format
 from service.batch_job import KIND, OutsideRoot, under_root
 from service.context import Ctx
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest, Conflict, NotFound
 from service.responses import JSONResponse
 from service.schemas import BatchRequest, error_responses
 
@@ -22,7 +22,9 @@ router = APIRouter()
 
 
 @router.post(
-    "/models/{name}/batch", status_code=202, responses=error_responses(400, 401, 404, 413, 503)
+    "/models/{name}/batch",
+    status_code=202,
+    responses=error_responses(400, 401, 404, 409, 413, 503),
 )
 async def submit_batch(ctx: Ctx, name: str, body: BatchRequest) -> Any:
     """Queue a job that scores every row of `input` with `version` (pinned now) and writes
@@ -35,10 +37,17 @@ async def submit_batch(ctx: Ctx, name: str, body: BatchRequest) -> Any:
         output_name = body.output or default_output(body.input)
         output = under_root(ctx.settings.batch_root, output_name)
         input_format(body.input)
+        exists = source.is_file()
     except (OutsideRoot, BatchError) as exc:
         raise BadRequest(str(exc), fix=fix) from None
-    if not source.is_file():
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise BadRequest(
+            f"{body.input[:200]!r} is not a usable path: {exc.strerror}", fix=fix
+        ) from None
+    if not exists:
         raise BadRequest(f"no file {body.input!r} under REFIT_BATCH_ROOT", fix=fix)
+    if source == output:
+        raise BadRequest("the output would overwrite the input", fix="choose another output")
     if not os.access(source, os.R_OK) or not os.access(output.parent, os.W_OK):
         raise BadRequest(
             f"the service cannot read {body.input!r} or write beside {output_name!r}",
@@ -49,6 +58,8 @@ async def submit_batch(ctx: Ctx, name: str, body: BatchRequest) -> Any:
         ctx.registry.metadata(name, version)
     except LookupError as exc:
         raise NotFound(str(exc), fix="list versions with GET /models/{name}") from None
+    except CorruptVersionError as exc:
+        raise Conflict(str(exc), fix="score with another version") from None
     root = ctx.settings.batch_root.resolve()  # type: ignore[union-attr]
     request = {
         "kind": KIND,
@@ -57,14 +68,7 @@ async def submit_batch(ctx: Ctx, name: str, body: BatchRequest) -> Any:
         "output": str(output.relative_to(root)),
         "version": version,
     }
-    job = ctx.store.jobs.create_job(
-        name,
-        request,
-        [],
-        mode="append",
-        source="http",
-        owner_pid=os.getpid() if ctx.embedded else None,
-    )
+    job = ctx.store.jobs.create_task(name, request, owner_pid=os.getpid() if ctx.embedded else None)
     if ctx.embedded:
         ctx.spawn(ctx.runner.run(job.id))
     log.info("job %s queued: batch scoring with %s/%s", job.id, name, version)

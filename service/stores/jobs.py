@@ -150,6 +150,22 @@ class JobStore:
             )
         return self._get(job_id)
 
+    def create_task(self, model: str, request: dict[str, Any], *, owner_pid: int | None) -> Job:
+        """A queued job that trains on nothing (batch scoring): no examples batch, so it
+        never counts as having consumed the model's pending feedback."""
+        job_id = new_job_id()
+        with self.db.tx() as db:
+            insert_job(
+                db,
+                id=job_id,
+                model=model,
+                request=request,
+                batch_id=None,
+                pid=owner_pid,
+                created_at=time.time(),
+            )
+        return self._get(job_id)
+
     def retry_job(self, job: Job, *, owner_pid: int | None = None) -> Job:
         """A new queued job with the same request on the same data as `job` (no new batch)."""
         new_id = new_job_id()

@@ -73,7 +73,9 @@ class TriggerStore:
 def _state(db: sa.Connection, model: str) -> dict[str, Any]:
     last_success = db.execute(
         sa.select(sa.func.max(jobs.c.finished_at)).where(
-            jobs.c.model == model, jobs.c.state == SUCCEEDED
+            jobs.c.model == model,
+            jobs.c.state == SUCCEEDED,
+            jobs.c.batch_id.is_not(None),  # a retrain (a batch-scoring job trains on nothing)
         )
     ).scalar_one()
     failures, last_failure = 0, None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from pathlib import Path
 
 import psutil
@@ -69,6 +70,15 @@ def test_a_batch_job_scores_a_file_and_a_killed_one_resumes_on_retry(server) -> 
         assert [json.loads(e)["row"] for e in errors] == [8]
         assert result["output"] == "in/rows.predictions.jsonl" and not parts.exists()
         assert any(phase == "scoring" for phase, _ in seen)
+    # it trained on nothing: the model's pending feedback is not taken as consumed by it
+    db = sqlite3.connect(server.home / "refit.sqlite")
+    try:
+        rows = db.execute(
+            "SELECT batch_id FROM jobs WHERE id IN (?, ?)", (job["id"], done["id"])
+        ).fetchall()
+    finally:
+        db.close()
+    assert rows == [(None,), (None,)]
 
 
 def test_bad_batch_requests_say_what_is_wrong(server) -> None:
@@ -80,6 +90,9 @@ def test_bad_batch_requests_say_what_is_wrong(server) -> None:
             ({"input": "ok.csv", "output": "../../x.jsonl"}, 400, "outside REFIT_BATCH_ROOT"),
             ({"input": "s3://bucket/rows.csv"}, 400, "s3:// inputs are not supported yet"),
             ({"input": "missing.csv"}, 400, "no file 'missing.csv' under REFIT_BATCH_ROOT"),
+            ({"input": "a\u0000b.csv"}, 400, "is not a usable path"),
+            ({"input": "x" * 300 + ".csv"}, 400, "is not a usable path"),
+            ({"input": "ok.csv", "output": "./ok.csv"}, 400, "would overwrite the input"),
             ({"input": "ok.txt"}, 400, "cannot tell the format"),
             ({"input": "ok.csv", "version": "v20200101-000000-000000-abcd"}, 404, "no version"),
             ({"input": "ok.csv", "on_error": "ignore"}, 422, "on_error"),

@@ -113,10 +113,29 @@ def test_csv_from_stdin_to_stdout_and_stop_on_the_first_bad_row(home, texts, tmp
     assert other.returncode == 2 and "holds the parts of another batch (different top_k)" in (
         other.stderr
     )
+    # the input changed since those parts were written: another batch, refused
+    bad.write_text(bad.read_text() + "c6,one more\n")
+    changed = refit(home, str(bad), "--model", "b", "--chunk-rows", "3")
+    assert changed.returncode == 2 and "different input_bytes" in changed.stderr
     missing = refit(home, str(tmp_path / "nope.csv"), "--model", "b")
     assert missing.returncode == 2 and "no file" in missing.stderr
     unknown = refit(home, str(bad), "--model", "b", "--version", "v0")
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    onto = refit(home, str(bad), "--model", "b", "--out", str(bad))
+    assert onto.returncode == 2 and "would overwrite the input" in onto.stderr
+    # Excel's "CSV UTF-8" (a byte-order mark), an id that is not valid Unicode
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(
+        b"\xef\xbb\xbf"
+        + _csv([("e0", texts[0]), ("e\udc80", texts[1])]).encode("utf-8", "surrogateescape")
+    )
+    read = refit(home, str(excel), "--model", "b", "--json")
+    assert read.returncode == 0, read.stderr
+    assert json.loads(read.stdout)["scored"] == 1
+    refused = jsonl(tmp_path / "excel.predictions.jsonl.errors.jsonl")
+    assert refused == [
+        {"row": 2, "id": None, "error": "id contains lone surrogate U+DC80 at position 1"}
+    ]
 
 
 def test_a_killed_run_resumes_from_its_finished_chunks(home, texts, tmp_path):
