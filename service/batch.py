@@ -232,7 +232,11 @@ def score_file(
     source = None if spec.source == "-" else Path(spec.source)
     if source is not None and not source.is_file():
         raise BatchError(f"no file {spec.source}; give the path of a CSV or JSONL file")
-    if source is not None and spec.output != "-" and same_file(source, Path(spec.output)):
+    if (
+        source is not None
+        and spec.output != "-"
+        and source.resolve() == Path(spec.output).resolve()
+    ):
         raise BatchError("the output would overwrite the input; choose another output")
     import tempfile
 
@@ -263,10 +267,6 @@ def score_file(
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-def same_file(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
 
 
 def _score(spec, model, fmt, parts: Parts, output: Path, stdin, progress, cancel) -> BatchResult:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.batch import BatchCancelled, BatchError, BatchSpec, score_file
+from service.batch import BatchSpec, score_file
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def under_root(root: Path | None, relative: str) -> Path:
     return path
 
 
-def run_batch_job(job: Any, settings: Any, registry: Any, store: Any, cancel, progress) -> dict:
+def run_batch_job(job: Any, settings: Any, registry: Any, cancel, progress) -> dict:
     """Score the job's file; returns the job's result (raises BatchError, BatchCancelled)."""
     from service.loading import load_model
 
@@ -99,6 +99,3 @@ def run_batch_job(job: Any, settings: Any, registry: Any, store: Any, cancel, pr
         "seconds": round(seconds, 2),
         "rows_per_s": round(result.scored / seconds, 1) if seconds else None,
     }
-
-
-__all__ = ["KIND", "BatchCancelled", "BatchError", "OutsideRoot", "run_batch_job", "under_root"]

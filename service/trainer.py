@@ -255,13 +255,14 @@ def run_job(job_id: str, settings: Settings, worker: str | None = None) -> int:
 def _run_batch(job, settings: Settings, store, registry, worker, progress, cancel) -> int:
     """A batch job (service/batch_job.py) to its final state; its chunks stay for a retry."""
     from models import RegistryError
-    from service.batch_job import BatchCancelled, BatchError, OutsideRoot, run_batch_job
+    from service.batch import BatchCancelled, BatchError
+    from service.batch_job import OutsideRoot, run_batch_job
 
     def report(phase: str, fraction: float, message: str) -> None:
         progress(SimpleNamespace(phase=phase, fraction=fraction, message=message))
 
     try:
-        outcome = run_batch_job(job, settings, registry, store, cancel, report)
+        outcome = run_batch_job(job, settings, registry, cancel, report)
     except BatchCancelled as exc:
         _finish_durably(store, job.id, CANCELLED, worker=worker, error=str(exc))
         return 0
