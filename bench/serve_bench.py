@@ -65,22 +65,14 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def raw_ort(
-    graph: Path, texts: list[str], threads: int, n_latency: int, latency_threads: int
-) -> dict[str, float]:
-    """Plain onnxruntime on the same graph: single-text latency with the service worker's
-    own session settings (`latency_threads` = REFIT_THREADS: a worker answers a lone request
-    with that many threads), throughput at batch 32 with all `threads` (the whole machine,
-    as the service's workers together)."""
+def raw_session(graph: Path, threads: int):
+    """Plain onnxruntime on `graph` with `threads` intra-op threads: run(texts) -> probabilities."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    def session_with(n: int):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = n
-        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-
-    session = session_with(latency_threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     tokenizer = Tokenizer.from_file(str(graph.parent / "tokenizer.json"))
 
     def run(batch: list[str]) -> np.ndarray:
@@ -89,27 +81,56 @@ def raw_ort(
         mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
         return session.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[0]
 
-    for t in texts[:20]:
-        run([t])
-    lat = []
-    for t in texts[:n_latency]:
-        start = time.perf_counter()
-        run([t])
-        lat.append((time.perf_counter() - start) * 1000)
-    session = session_with(threads)
+    return run
+
+
+def raw_throughput(graph: Path, texts: list[str], threads: int) -> float:
+    """Raw onnxruntime texts/s at batch 32 with all `threads` (the whole machine, as the
+    service's workers together)."""
+    run = raw_session(graph, threads)
     for i in range(0, 64, 32):
         run(texts[i : i + 32])
     start = time.perf_counter()
     for i in range(0, len(texts), 32):
         run(texts[i : i + 32])
-    elapsed = time.perf_counter() - start
+    return len(texts) / (time.perf_counter() - start)
+
+
+def interleaved_latency(
+    url: str, graph: Path, texts: list[str], threads: int
+) -> tuple[list[float], list[float]]:
+    """Single-text latency (ms) of raw onnxruntime (with the worker's own `threads` = a
+    lone request's) and of the service, one call of each in turn on the same text: the
+    machine's drift during the run hits both sides alike, so their ratio is what it is
+    judged by."""
+    run = raw_session(graph, threads)
+    conn = _Conn(url)
+    for t in texts[:20]:
+        run([t])
+        conn.predict(t)
+    raw, service = [], []
+    for t in texts:
+        start = time.perf_counter()
+        run([t])
+        middle = time.perf_counter()
+        status = conn.predict(t)
+        end = time.perf_counter()
+        if status != 200:
+            raise RuntimeError(f"predict answered {status}")
+        raw.append((middle - start) * 1000)
+        service.append((end - middle) * 1000)
+    return raw, service
+
+
+def summary(values: list[float]) -> dict[str, float]:
     return {
-        "p50_ms_c1": round(percentile(lat, 50), 2),
-        "p99_ms_c1": round(percentile(lat, 99), 2),
-        "texts_per_s_batch32": round(len(texts) / elapsed, 1),
-        "threads": threads,
-        "latency_threads": latency_threads,
+        "p50_ms_c1": round(percentile(values, 50), 2),
+        "p99_ms_c1": round(percentile(values, 99), 2),
     }
+
+
+def metric_total(metrics: str, prefix: str) -> float:
+    return sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith(prefix))
 
 
 class _Conn:
@@ -128,20 +149,6 @@ class _Conn:
         response = self.conn.getresponse()
         response.read()
         return response.status
-
-
-def http_latency(url: str, texts: list[str]) -> list[float]:
-    conn = _Conn(url)
-    for t in texts[:20]:
-        conn.predict(t)
-    out = []
-    for t in texts:
-        start = time.perf_counter()
-        status = conn.predict(t)
-        out.append((time.perf_counter() - start) * 1000)
-        if status != 200:
-            raise RuntimeError(f"predict answered {status}")
-    return out
 
 
 def http_throughput(
@@ -205,108 +212,45 @@ def test_accuracy(graph: Path, labels: list[str]) -> dict[str, float]:
     return {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "examples": m.count}
 
 
-def measure_service(server, texts: list[str], n_latency: int, concurrency: int) -> dict:
-    lat = http_latency(server.url, texts[:n_latency])
+def measure_service(
+    server, graph: Path, texts: list[str], n_latency: int, concurrency: int, threads: int
+) -> tuple[dict, dict]:
+    """The service (c=1 interleaved with raw onnxruntime, then c=`concurrency`) and the raw
+    side of the c=1 phase. The c=1 phase also reads the service's own inference and
+    request histograms: how much of a request is the graph run, how much is the rest."""
+    before = httpx.get(f"{server.url}/metrics").text
+    raw, lat = interleaved_latency(server.url, graph, texts[:n_latency], threads)
+    after = httpx.get(f"{server.url}/metrics").text
+
+    def mean_ms(name: str) -> float | None:
+        count = metric_total(after, f"{name}_count") - metric_total(before, f"{name}_count")
+        total = metric_total(after, f"{name}_sum") - metric_total(before, f"{name}_sum")
+        return round(1000 * total / count, 2) if count else None
+
     tput, errors, lat_c = http_throughput(server.url, texts, concurrency)
     rss = worker_rss_mb(server.proc.pid)
     models = httpx.get(f"{server.url}/models").json()
     metrics = httpx.get(f"{server.url}/metrics").text
-
-    def total(prefix: str) -> float:
-        return sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith(prefix))
-
-    batches = total("refit_batch_size_count")
-    return {
+    batches = metric_total(metrics, "refit_batch_size_count")
+    service = {
         "graph": models["serving"]["graph"],
-        "p50_ms_c1": round(percentile(lat, 50), 2),
-        "p99_ms_c1": round(percentile(lat, 99), 2),
+        **summary(lat),
+        "mean_ms_c1": round(float(np.mean(lat)), 2),
+        "inside_c1": {  # means over the c=1 phase, from the service's /metrics
+            "inference_mean_ms": mean_ms("refit_inference_latency_seconds"),
+            "predict_code_mean_ms": mean_ms("refit_request_duration_seconds"),
+        },
         f"texts_per_s_c{concurrency}": round(tput, 1),
         f"p50_ms_c{concurrency}": round(percentile(lat_c, 50), 2),
         f"p99_ms_c{concurrency}": round(percentile(lat_c, 99), 2),
         "errors": errors,
-        "mean_batch_size": round(total("refit_batch_size_sum") / batches, 2) if batches else None,
+        "mean_batch_size": round(metric_total(metrics, "refit_batch_size_sum") / batches, 2)
+        if batches
+        else None,
         "worker_rss_mb": rss,
     }
-
-
-def models_bench(count: int, quick: bool, concurrency: int) -> dict:
-    """`count` models in one service (the default one + count-1 trained over HTTP): texts/s
-    with one model vs mixed traffic over all, worker memory per loaded model, the first
-    request to a cold model (load included) vs a warm one."""
-    test_texts = [t for t, _ in banking77_texts("test")][: 300 if quick else 3000]
-    tmp = Path(tempfile.mkdtemp(prefix="refit-bench-models-"))
-    server = make_server(
-        tmp,
-        REFIT_DEFAULT_DATA=str(first_model_csv(tmp)),
-        REFIT_API_TOKEN="",
-        REFIT_WORKERS="1",  # one worker: its memory is the per-model cost
-        REFIT_MAX_LOADED_MODELS=str(count),
-        REFIT_AUTO_RETRAIN="false",
-    )
-    server.start()
-    try:
-        rows = banking77_texts("train")
-        labels = sorted({y for _, y in rows})
-        names: list[str | None] = [None]
-        with httpx.Client(base_url=server.url, timeout=600) as c:
-            for k in range(1, count):
-                subset = set(labels[(k - 1) * 20 : k * 20])
-                seen: dict[str, int] = {}
-                examples = []
-                for t, y in rows:
-                    if y in subset and seen.get(y, 0) < 8:
-                        seen[y] = seen.get(y, 0) + 1
-                        examples.append({"text": t, "label": y})
-                name = f"intents{k}"
-                r = c.post(
-                    "/retrain/submit",
-                    json={"model": name, "examples": examples, "strategy": "feature_extraction"},
-                )
-                job_id = r.headers["X-Refit-Job-Id"]
-                while c.get(f"/jobs/{job_id}").json()["state"] in ("queued", "running"):
-                    time.sleep(1)
-                names.append(name)
-            rss = {"default only": sum(worker_rss_mb(server.proc.pid))}
-            cold = {}
-            for name in names[1:]:
-                start = time.perf_counter()
-                assert c.post("/predict", json={"model": name, "texts": ["hi"]}).status_code == 200
-                first = (time.perf_counter() - start) * 1000
-                warm = []
-                for t in test_texts[:50]:
-                    start = time.perf_counter()
-                    c.post("/predict", json={"model": name, "texts": [t]})
-                    warm.append((time.perf_counter() - start) * 1000)
-                cold[name] = {
-                    "first_request_ms": round(first, 1),
-                    "warm_p50_ms": round(percentile(warm, 50), 2),
-                }
-                rss[f"+ {name}"] = sum(worker_rss_mb(server.proc.pid))
-        one, err1, lat1 = http_throughput(server.url, test_texts, concurrency)
-        mixed, err3, lat3 = http_throughput(server.url, test_texts, concurrency, names)
-    finally:
-        server.stop()
-    steps = list(rss.values())
-    return {
-        "models": count,
-        "concurrency": concurrency,
-        "one_model": {
-            "texts_per_s": round(one, 1),
-            "p50_ms": round(percentile(lat1, 50), 2),
-            "errors": err1,
-        },
-        "mixed": {
-            "texts_per_s": round(mixed, 1),
-            "p50_ms": round(percentile(lat3, 50), 2),
-            "errors": err3,
-        },
-        "mixed_vs_one": round(mixed / one, 3),
-        "worker_rss_mb": rss,
-        "mb_per_extra_model": [round(b - a, 1) for a, b in zip(steps, steps[1:], strict=False)],
-        "cold_model": cold,
-        "note": "one inference worker (REFIT_WORKERS=1) so its RSS is the per-model cost;"
-        " the extra models are 20-intent Banking77 subsets, 8 per class, feature extraction",
-    }
+    raw_side = {**summary(raw), "mean_ms_c1": round(float(np.mean(raw)), 2)}
+    return service, raw_side
 
 
 def main() -> int:
@@ -328,6 +272,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.models > 1:
+        from bench.serve_models import models_bench
+
         result = {
             "benchmark": "serve --models",
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -362,30 +308,49 @@ def main() -> int:
     # int8 first: its start trains the first model (with both graphs, REFIT_QUANTIZE=always)
     for name, policy in (("int8", "always"), ("fp32", "never")):
         server.env["REFIT_QUANTIZE"] = policy
+        server.env.pop("REFIT_INLINE_MAX_CHARS", None)  # the default
+        threads = int(server.env["REFIT_THREADS"])
         server.start()
         try:
             mv = open_state(Settings(home=server.home))[1].get("default", "production")
             graph = mv.graph_path(cuda=False, allow_int8=policy != "never")
-            raw = raw_ort(
-                graph,
-                test_texts,
-                threads=2,
-                n_latency=n_latency,
-                latency_threads=int(server.env["REFIT_THREADS"]),
+            service, raw_c1 = measure_service(
+                server, graph, test_texts, n_latency, args.concurrency, threads
             )
-            service = measure_service(server, test_texts, n_latency, args.concurrency)
         finally:
             server.stop()
+        # the same c=1 phase with every request through the batcher's thread (before inline
+        # scoring): what scoring a lone request on the event loop buys, in this run
+        server.env["REFIT_INLINE_MAX_CHARS"] = "0"
+        server.start()
+        try:
+            raw_hop, lat_hop = interleaved_latency(
+                server.url, graph, test_texts[:n_latency], threads
+            )
+        finally:
+            server.stop()
+        raw = {
+            **raw_c1,
+            "texts_per_s_batch32": round(raw_throughput(graph, test_texts, 2), 1),
+            "threads": 2,
+            "latency_threads": threads,
+        }
         tput = service[f"texts_per_s_c{args.concurrency}"]
+        hop = {"service": summary(lat_hop), "raw_onnxruntime": summary(raw_hop)}
+        hop["p50_c1_service_vs_raw"] = round(
+            hop["service"]["p50_ms_c1"] / hop["raw_onnxruntime"]["p50_ms_c1"], 3
+        )
         graphs[name] = {
             "file": graph.name,
             "size_mb": round(graph.stat().st_size / 2**20, 1),
             "raw_onnxruntime": raw,
             "service": service,
             "ratios": {
-                "throughput_service_vs_raw": round(tput / raw["texts_per_s_batch32"], 3),
+                "p50_c1_service_vs_raw": round(service["p50_ms_c1"] / raw["p50_ms_c1"], 3),
                 "p50_c1_service_minus_raw_ms": round(service["p50_ms_c1"] - raw["p50_ms_c1"], 2),
+                "throughput_service_vs_raw": round(tput / raw["texts_per_s_batch32"], 3),
             },
+            "every_request_through_the_thread": hop,  # REFIT_INLINE_MAX_CHARS=0
             "test": test_accuracy(graph, list(mv.metadata.labels)),
         }
     assert mv is not None
@@ -417,6 +382,7 @@ def main() -> int:
             "workers": 2,
             "ort_threads_per_worker": 1,
             "raw_threads": "1 for single-text latency (as a service worker), 2 for batch-32 throughput",
+            "c1": "raw onnxruntime and the service called in turn on each text (interleaved)",
             "client": "stdlib http.client, keep-alive, one thread per concurrent client, same machine",
         },
         "graphs": graphs,
@@ -438,7 +404,10 @@ def main() -> int:
         },
         "targets": {
             "int8_p50_ms_c1_le_5": int8["service"]["p50_ms_c1"] <= 5,
-            "int8_p50_within_1.5ms_of_raw": int8["ratios"]["p50_c1_service_minus_raw_ms"] <= 1.5,
+            "p50_c1_service_vs_raw_le_1.3": max(
+                g["ratios"]["p50_c1_service_vs_raw"] for g in graphs.values()
+            )
+            <= 1.3,
             "throughput_ratio_ge_1.0": min(
                 g["ratios"]["throughput_service_vs_raw"] for g in graphs.values()
             )

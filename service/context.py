@@ -53,13 +53,16 @@ class Context:
         }
         self.load_kwargs, self.batcher_kwargs = load_kwargs, batcher_kwargs
         self.holder = ModelHolder(self.registry, settings.model_name, **load_kwargs)
-        self.batcher = MicroBatcher(self.holder, **batcher_kwargs, on_batch=self.record_batch)
+        # production batchers score a lone small request inline; challengers never do
+        serving = {**batcher_kwargs, "on_batch": self.record_batch}
+        serving["inline_chars"] = settings.inline_max_chars
+        self.batcher = MicroBatcher(self.holder, **serving)
         # other named models, loaded on their first request (REFIT_MAX_LOADED_MODELS)
         self.pool = ModelPool(
             self.registry,
             max_loaded=settings.max_loaded_models,
             load_kwargs=load_kwargs,
-            batcher_kwargs={**batcher_kwargs, "on_batch": self.record_batch},
+            batcher_kwargs=serving,
             on_change=lambda model, event: metrics.MODEL_LOADS.labels(model, event).inc(),
         )
         self.pool.pin(settings.model_name, self.holder, self.batcher)

@@ -8,7 +8,6 @@ only the job id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -51,7 +50,8 @@ class DeadlineMiddleware:
             await self.app(scope, receive, send)
             return
         state = {"started": False, "body_done": scope.get("method") in ("GET", "HEAD")}
-        answered = asyncio.Event()  # the response's last byte was sent
+        # One timer on this request's own task (no extra tasks: this runs on every request)
+        deadline = asyncio.timeout(self.timeout)
 
         async def tracked_receive() -> dict[str, Any]:
             message = await receive()
@@ -64,23 +64,17 @@ class DeadlineMiddleware:
                 state["started"] = True
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
-                answered.set()
+                # The deadline is on the answer, not on work the app goes on with after it
+                # (BentoML runs a submitted task in the same ASGI call once it answered).
+                deadline.reschedule(None)
 
-        # The deadline is on the answer, not on work the app goes on with after it (BentoML
-        # runs a submitted task in the same ASGI call once the response is sent).
-        app = asyncio.ensure_future(self.app(scope, tracked_receive, tracked_send))
-        sent = asyncio.ensure_future(answered.wait())
-        done, _ = await asyncio.wait(
-            {app, sent}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if done:
-            sent.cancel()
-            await app
+        try:
+            async with deadline:
+                await self.app(scope, tracked_receive, tracked_send)
             return
-        sent.cancel()
-        app.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await app
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the app's own TimeoutError, not the deadline
         method, path = scope.get("method", ""), scope.get("path", "")
         log.warning(
             "%s %s: no answer after %g s (REFIT_REQUEST_TIMEOUT_S)", method, path, self.timeout
@@ -301,12 +295,11 @@ class BoundedMetricsMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from service import metrics
 
-        keep_versions = self.keep_versions() if scope["type"] == "http" else None
         if (
             scope["type"] != "http"
             or scope["path"] != "/metrics"
             or scope["method"] not in ("GET", "HEAD")
-            or keep_versions is None
+            or (keep_versions := self.keep_versions()) is None
         ):
             await self.app(scope, receive, send)
             return

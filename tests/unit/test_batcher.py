@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 
 from models._inference import Scored
 from service.batcher import MicroBatcher
@@ -19,8 +20,11 @@ class RecordingModel:
     calls: list[int] = field(default_factory=list)
     delay: float = 0.0
 
+    threads: list[int] = field(default_factory=list)  # the thread of each call
+
     def score(self, texts):
         self.calls.append(len(texts))
+        self.threads.append(threading.get_ident())
         time.sleep(self.delay)
         out = np.zeros((len(texts), 3), dtype=np.float32)
         out[np.arange(len(texts)), [len(t) % 3 for t in texts]] = 1.0
@@ -93,3 +97,44 @@ def test_one_batch_one_version_across_a_swap() -> None:
     assert (m1.version, m2.version) == ("v1", "v2")
     assert p2.probabilities.shape == (2, 3)
     assert p2.out_of_scope.tolist() == [False, False]
+
+
+def test_a_lone_small_request_is_scored_inline_and_anything_else_in_the_thread() -> None:
+    """Inline when the batch is one request with short texts; a long text, or requests
+    that come in together, go to the thread (batching under load is kept)."""
+    model = RecordingModel(delay=0.05)
+    batcher = MicroBatcher(Holder(model), max_texts=64, max_latency_ms=5, inline_chars=10)
+
+    async def go():
+        await batcher.submit(["short"])  # alone: inline
+        await batcher.submit(["x" * 11])  # over inline_chars: the thread
+        await asyncio.gather(*(batcher.submit([t]) for t in ("a", "b", "c", "d")))  # together
+        await batcher.submit(["e"])
+        return threading.get_ident()
+
+    loop_thread = run(asyncio.wait_for(go(), 10))
+    assert model.calls == [1, 1, 4, 1]
+    assert [t == loop_thread for t in model.threads] == [True, False, False, True]
+
+
+def test_inline_scoring_is_off_at_zero_and_reports_no_model_and_failures() -> None:
+    model = RecordingModel()
+
+    async def go():
+        off = MicroBatcher(Holder(model), max_texts=64, max_latency_ms=5)  # inline_chars=0
+        await off.submit(["a"])
+        holder = Holder(None)
+        inline = MicroBatcher(holder, max_texts=64, max_latency_ms=5, inline_chars=100)
+        with pytest.raises(RuntimeError, match="no model loaded"):
+            await inline.submit(["a"])
+
+        class Failing(RecordingModel):
+            def score(self, texts):
+                raise ValueError("bad text")
+
+        holder.swap(Failing())
+        with pytest.raises(ValueError, match="bad text"):
+            await inline.submit(["a"])
+        return threading.get_ident()
+
+    assert run(asyncio.wait_for(go(), 10)) not in model.threads
