@@ -149,17 +149,28 @@ class Context:
         return self.settings.model_copy(update=self.overrides(name))
 
     def cached_settings(self, name: str) -> Settings:
-        """`settings_for(name)` read from the store at most every 5 s: what the prediction
-        path asks (queue served texts? the canary's share?)."""
-        now = time.monotonic()
+        """`settings_for(name)` as last read from the store: what the prediction path asks
+        (queue served texts? the canary's share?). Read at once the first time; then the
+        monitor re-reads it in a thread (`reread_settings`), so a slow or unreachable
+        store never holds up requests on the event loop."""
         known = self._settings_cache.get(name)
-        if known is None or now - known[1] > 5.0:
-            try:
-                fresh = self.settings.model_copy(update=self.store.model_settings.get(name))
-            except StoreUnavailable:  # keep what was known (defaults only at first)
-                fresh = known[0] if known else self.settings
-            known = self._settings_cache[name] = (fresh, now)
+        if known is None:
+            fresh = self._read_settings(name, self.settings)  # defaults if the store is away
+            known = self._settings_cache[name] = (fresh, time.monotonic())
         return known[0]
+
+    def reread_settings(self, older_than_s: float = 4.0) -> None:
+        """Re-read the cached settings older than `older_than_s` (in a thread: the store
+        may be slow); with the monitor's swap poll a change shows within ~5 s."""
+        for name, (known, read_at) in list(self._settings_cache.items()):
+            if time.monotonic() - read_at > older_than_s:
+                self._settings_cache[name] = (self._read_settings(name, known), time.monotonic())
+
+    def _read_settings(self, name: str, fallback: Settings) -> Settings:
+        try:
+            return self.settings.model_copy(update=self.store.model_settings.get(name))
+        except StoreUnavailable:  # keep what was known
+            return fallback
 
     def stores_texts(self, name: str) -> bool:
         """Whether `name` queues served texts for labeling (its `store_texts` setting)."""

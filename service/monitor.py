@@ -45,6 +45,8 @@ class Monitor:
                 ctx.pool.drop(await asyncio.to_thread(ctx.pool.refresh))
             with contextlib.suppress(Exception):
                 ctx.drop_shadows()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(ctx.reread_settings)
 
     async def _poll(self) -> None:
         while True:
