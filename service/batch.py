@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from models._inference import top_labels
 from models.data import check_text
 from models.text import invalid_character
 
@@ -143,7 +144,7 @@ def read_rows(stream: IO[str], fmt: str) -> Iterator[Row]:
 def answer(model: Any, scored: Any, k: int, row: int, ident: str, top_k: int) -> dict:
     """One output row: as `/predict` answers (label or labels, score, out_of_scope, top)."""
     probs = scored.probabilities[k]
-    order = np.argsort(-probs)[: min(top_k, len(model.labels))]
+    order = top_labels(probs[None, :], min(top_k, len(model.labels)))[0]
     top = [{"label": model.labels[int(j)], "score": round(float(probs[j]), 6)} for j in order]
     outside = bool(scored.out_of_scope[k])
     out: dict[str, Any] = {"id": ident, "row": row}

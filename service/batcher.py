@@ -24,7 +24,8 @@ class MicroBatcher:
     loop instead: the thread hop (two thread wake-ups, ~0.1-0.5 ms) is most of what the
     service adds to a lone request. Requests that arrive meanwhile wait in the socket and
     come in together, so they still make one batch (in the thread). 0 turns it off
-    (shadows: they answer nobody, so they never hold up the loop)."""
+    (shadows: they answer nobody, so they never hold up the loop). The loop is held for
+    that one graph run, so the limit keeps it short (~100 tokens)."""
 
     def __init__(
         self,
@@ -100,7 +101,7 @@ class MicroBatcher:
         texts = [t for item in batch for t in item.texts]
         started = time.perf_counter()
         try:
-            if len(batch) == 1 and sum(map(len, texts)) <= self.inline_chars:
+            if len(batch) == 1 and 0 < sum(map(len, texts)) <= self.inline_chars:
                 scored = model.score(texts)  # a lone small request: no thread hop
             else:
                 scored = await asyncio.to_thread(model.score, texts)

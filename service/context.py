@@ -96,7 +96,9 @@ class Context:
         holder = ModelHolder(
             self.registry, name, **{**self.load_kwargs, "threads": threads}, alias=alias
         )
-        return Challenger(holder, MicroBatcher(holder, **self.batcher_kwargs))
+        # a canary answers its callers (scored inline like production); a shadow nobody
+        inline = 0 if alias == "shadow" else self.settings.inline_max_chars
+        return Challenger(holder, MicroBatcher(holder, **self.batcher_kwargs, inline_chars=inline))
 
     def served_here(self) -> dict[str, LoadedModel]:
         """The production model of each model loaded in this worker."""
@@ -160,8 +162,8 @@ class Context:
         return known[0]
 
     def reread_settings(self, older_than_s: float = 4.0) -> None:
-        """Re-read the cached settings older than `older_than_s` (in a thread: the store
-        may be slow); with the monitor's swap poll a change shows within ~5 s."""
+        """Re-read the cached settings older than `older_than_s` (the monitor calls this
+        in a thread every swap poll, before the swaps: a change shows within ~5 s)."""
         for name, (known, read_at) in list(self._settings_cache.items()):
             if time.monotonic() - read_at > older_than_s:
                 self._settings_cache[name] = (self._read_settings(name, known), time.monotonic())

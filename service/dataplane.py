@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models import InvalidModelNameError, RegistryUnavailable, validate_model_name
-from models._inference import Scored
+from models._inference import Scored, top_labels
 from models.multilabel import NO_LABEL, encode_label_set
 from models.text import FIXES, invalid_character
 from service import canary, metrics
@@ -200,7 +200,7 @@ class DataPlane:
         ctx = self.ctx
         k = min(top_k, len(model.labels))
         probs = scored.probabilities
-        top = ranked_labels(probs, k)
+        top = top_labels(probs, k)
         predictions = []
         now = time.time()
         request_id = os.urandom(8).hex()
@@ -365,18 +365,6 @@ def multi_answer(model: LoadedModel, chosen: list[dict[str, Any]]) -> str:
     """A multi-label answer as one stored string (feedback's `labels` are stored the same
     way, so live accuracy and shadow judging compare whole sets: subset accuracy)."""
     return encode_label_set(item["label"] for item in chosen)
-
-
-def ranked_labels(probs: np.ndarray, k: int) -> np.ndarray:
-    """Each row's k most probable label indices, most probable first (argmax for k = 1,
-    the usual request: no sort of every label)."""
-    if k == 1:
-        return probs.argmax(axis=1)[:, None]
-    if k * 4 < probs.shape[1]:
-        part = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(probs, part, axis=1), axis=1, kind="stable")
-        return np.take_along_axis(part, order, axis=1)
-    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
 
 
 def check_name(name: str) -> None:

@@ -63,7 +63,8 @@ class DeadlineMiddleware:
             if message["type"] == "http.response.start":
                 state["started"] = True
             await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
+            last = message["type"] == "http.response.body" and not message.get("more_body")
+            if last and not deadline.expired():
                 # The deadline is on the answer, not on work the app goes on with after it
                 # (BentoML runs a submitted task in the same ASGI call once it answered).
                 deadline.reschedule(None)
@@ -71,10 +72,12 @@ class DeadlineMiddleware:
         try:
             async with deadline:
                 await self.app(scope, tracked_receive, tracked_send)
-            return
-        except TimeoutError:
+        except Exception:
             if not deadline.expired():
-                raise  # the app's own TimeoutError, not the deadline
+                raise  # the app's own error (a TimeoutError included), not the deadline
+            # past the deadline whatever the cancellation turned into: answered below
+        if not deadline.expired():
+            return
         method, path = scope.get("method", ""), scope.get("path", "")
         log.warning(
             "%s %s: no answer after %g s (REFIT_REQUEST_TIMEOUT_S)", method, path, self.timeout

@@ -39,14 +39,14 @@ class Monitor:
         ctx = self.ctx
         while True:
             await asyncio.sleep(ctx.settings.swap_poll_s)
+            with contextlib.suppress(Exception):  # quick reads first: swaps can take seconds
+                await asyncio.to_thread(ctx.reread_settings)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(ctx.swap)
             with contextlib.suppress(Exception):
                 ctx.pool.drop(await asyncio.to_thread(ctx.pool.refresh))
             with contextlib.suppress(Exception):
                 ctx.drop_shadows()
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(ctx.reread_settings)
 
     async def _poll(self) -> None:
         while True:

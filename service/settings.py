@@ -36,11 +36,11 @@ class Settings(BaseSettings):
         5.0, ge=0, le=1000, description="how long a batch waits for more requests"
     )
     inline_max_chars: int = Field(
-        2000,
+        400,
         ge=0,
-        description="a request that finds its batcher idle and has at most this many"
-        " characters is scored on the event loop, without the thread hop (~0.1-0.5 ms of a"
-        " lone request); 0: every request goes through the batcher's thread",
+        description="a batch that is one request of at most this many characters is scored"
+        " on the event loop, without the thread hop (~0.1-0.5 ms of a lone request); the"
+        " loop waits for that graph run; 0: every batch goes through the batcher's thread",
     )
     max_texts_per_request: int = Field(256, ge=1, description="texts per /predict call")
     max_text_chars: int = Field(10_000, ge=1, description="characters per text")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from models._inference import Scored
+from models._inference import Scored, top_labels
 from service.errors import ApiError
 
 INPUT = "text"
@@ -170,7 +170,7 @@ def infer_response(
     k = min(request["top_k"], len(labels))
     outputs = []
     if "label" in wanted:
-        order = np.argsort(-probs, axis=1)[:, :k]
+        order = top_labels(probs, k)
         if request["top_k"] == 1 and chosen is not None:
             data = [
                 "|".join(labels[j] for j in sorted(np.flatnonzero(c), key=lambda j: -p[j]))

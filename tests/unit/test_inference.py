@@ -6,8 +6,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
-from models._inference import predict_proba, unpadded
+from models._inference import predict_proba, top_labels, unpadded
 
 
 class Tokenizer:
@@ -50,3 +51,13 @@ def test_a_small_batch_is_one_call() -> None:
     session = Session()
     out = predict_proba(session, Tokenizer(), ["a b", "c"], pad_id=7)
     assert session.calls == [(2, 2)] and out[:, 0].tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 19, 20])
+def test_top_labels_match_a_full_stable_sort_ties_included(k: int) -> None:
+    rng = np.random.default_rng(k)
+    probs = rng.dirichlet(np.ones(20), size=7).astype(np.float32)
+    probs[:, [3, 11, 17]] = 1.0  # exact ties (saturated sigmoids in multi-label rows)
+    probs[0] = 0.05  # a row that is all ties
+    expected = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    assert top_labels(probs, k).tolist() == expected.tolist()
