@@ -50,11 +50,12 @@ class Context:
         batcher_kwargs = {
             "max_texts": settings.max_batch_texts,
             "max_latency_ms": settings.max_latency_ms,
-            "inline_chars": settings.inline_max_chars,  # 0 for shadows (`_shadow`)
         }
         self.load_kwargs, self.batcher_kwargs = load_kwargs, batcher_kwargs
         self.holder = ModelHolder(self.registry, settings.model_name, **load_kwargs)
+        # production batchers score a lone small request inline; challengers never do
         serving = {**batcher_kwargs, "on_batch": self.record_batch}
+        serving["inline_chars"] = settings.inline_max_chars
         self.batcher = MicroBatcher(self.holder, **serving)
         # other named models, loaded on their first request (REFIT_MAX_LOADED_MODELS)
         self.pool = ModelPool(
@@ -95,11 +96,9 @@ class Context:
         holder = ModelHolder(
             self.registry, name, **{**self.load_kwargs, "threads": threads}, alias=alias
         )
-        # a shadow answers nobody: it never holds up the event loop (a canary may)
-        kwargs = (
-            {**self.batcher_kwargs, "inline_chars": 0} if alias == "shadow" else self.batcher_kwargs
-        )
-        return Challenger(holder, MicroBatcher(holder, **kwargs))
+        # a canary answers its callers (scored inline like production); a shadow nobody
+        inline = 0 if alias == "shadow" else self.settings.inline_max_chars
+        return Challenger(holder, MicroBatcher(holder, **self.batcher_kwargs, inline_chars=inline))
 
     def served_here(self) -> dict[str, LoadedModel]:
         """The production model of each model loaded in this worker."""

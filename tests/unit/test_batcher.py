@@ -19,6 +19,7 @@ class RecordingModel:
     version: str = "v1"
     calls: list[int] = field(default_factory=list)
     delay: float = 0.0
+
     threads: list[int] = field(default_factory=list)  # the thread of each call
 
     def score(self, texts):
