@@ -36,7 +36,7 @@ class Settings(BaseSettings):
         5.0, ge=0, le=1000, description="how long a batch waits for more requests"
     )
     inline_max_chars: int = Field(
-        400,
+        0,
         ge=0,
         description="a batch that is one request of at most this many characters is scored"
         " on the event loop, without the thread hop (~0.1-0.5 ms of a lone request); the"
